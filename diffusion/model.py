@@ -1,0 +1,191 @@
+"""The network: a small class-conditional U-Net that predicts the noise ε in x_t.
+
+It follows the course's ContextUnet and the improvements the course names:
+
+    x_t [B,1,28,28] ─ conv ─► down 28×28 ─► down 14×14 ─► down 7×7 + attention
+                                 │              │              │
+                                 └──(concat)──► up 28×28 ◄── up 14×14 ◄── up 7×7 + attention ─► conv ─► ε̂
+
+* Skip connections: each up block sees the matching down block's features concatenated
+  onto its input. Fine detail (stroke edges) lives at 28×28 and would otherwise have to
+  survive being squeezed through 7×7.
+* Time embedding: the same network denoises every t, so it must be told how noisy x_t is.
+  t goes through a sinusoidal embedding and an MLP.
+* Class embedding: the label as a one-hot vector through a linear layer. The *context mask*
+  zeroes the one-hot vector ("no label"), so one network learns both ε(x,c) and ε(x,∅),
+  which classifier-free guidance needs.
+* Both embeddings are added and enter every residual block as a per-channel scale and shift
+  of the GroupNorm output (FiLM).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NUM_CLASSES = 10
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of `ClassConditionalUNet` (stored in each checkpoint's JSON)."""
+
+    channels: tuple[int, ...] = (32, 64, 128)  # width at 28×28, 14×14, 7×7
+    blocks_per_level: int = 1                  # residual blocks per level on the way down
+    attention_heads: int = 4                   # self-attention at the lowest resolution (0 = off)
+    embedding_dim: int = 128                   # width of the time + class embedding
+    groups: int = 8                            # GroupNorm groups
+    num_classes: int = NUM_CLASSES
+    image_channels: int = 1
+
+    def __post_init__(self):
+        self.channels = tuple(int(c) for c in self.channels)
+        if any(c % self.groups for c in self.channels):
+            raise ValueError(f"every channel count in {self.channels} must be divisible by groups={self.groups}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer-style embedding of time steps. t: [B] (any real values) -> [B, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class ResidualBlock(nn.Module):
+    """GroupNorm → SiLU → conv, twice, with the embedding as scale/shift; plus a skip path."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups if in_ch % groups == 0 else 1, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)  # start as identity: training is stabler
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the H·W positions (used at 7×7 only: 49 tokens)."""
+
+    def __init__(self, channels: int, heads: int, groups: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
+        h = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.out(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class ClassConditionalUNet(nn.Module):
+    """ε̂ = model(x_t, t, label, context_mask).
+
+    x:     [B,1,28,28] noisy images x_t (data scaled to [-1,1])
+    t:     [B] integer time steps in 1..T (int or float tensor)
+    label: [B] integer digits 0..9
+    context_mask: [B] bool, True = drop the label (unconditional prediction ε(x,∅)); None = keep all.
+    returns ε̂: [B,1,28,28]
+    """
+
+    def __init__(self, config: UNetConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or UNetConfig()
+        ch, E, G = cfg.channels, cfg.embedding_dim, cfg.groups
+
+        self.time_mlp = nn.Sequential(nn.Linear(E, E), nn.SiLU(), nn.Linear(E, E))
+        self.class_embed = nn.Linear(cfg.num_classes, E)  # one-hot -> embedding (zero vector = no label)
+
+        self.stem = nn.Conv2d(cfg.image_channels, ch[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        skip_channels = []
+        in_ch = ch[0]
+        for level, out_ch in enumerate(ch):
+            blocks = nn.ModuleList()
+            for _ in range(cfg.blocks_per_level):
+                blocks.append(ResidualBlock(in_ch, out_ch, E, G))
+                in_ch = out_ch
+            self.down_blocks.append(blocks)
+            skip_channels.append(in_ch)
+            last = level == len(ch) - 1
+            self.downsamples.append(nn.Identity() if last else nn.Conv2d(in_ch, in_ch, 3, stride=2, padding=1))
+
+        self.mid_attention = SelfAttention(in_ch, cfg.attention_heads, G) if cfg.attention_heads else nn.Identity()
+        self.mid_block = ResidualBlock(in_ch, in_ch, E, G)
+
+        self.up_blocks = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        for level in reversed(range(len(ch))):
+            out_ch = ch[level]
+            self.up_blocks.append(ResidualBlock(in_ch + skip_channels[level], out_ch, E, G))
+            in_ch = out_ch
+            first = level == 0
+            self.upsamples.append(nn.Identity() if first else
+                                  nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                                nn.Conv2d(in_ch, ch[level - 1], 3, padding=1)))
+            if not first:
+                in_ch = ch[level - 1]
+        self.up_attention = SelfAttention(ch[-1], cfg.attention_heads, G) if cfg.attention_heads else nn.Identity()
+
+        self.head = nn.Sequential(nn.GroupNorm(G, ch[0]), nn.SiLU(), nn.Conv2d(ch[0], cfg.image_channels, 3, padding=1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def embed(self, t: torch.Tensor, label: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
+        """Time + class embedding [B,E]. A masked row gets the all-zero one-hot (= 'no label')."""
+        one_hot = F.one_hot(label.long(), self.config.num_classes).float()
+        if context_mask is not None:
+            one_hot = one_hot * (~context_mask.bool()).float()[:, None]
+        temb = self.time_mlp(sinusoidal_embedding(t, self.config.embedding_dim))
+        return temb + self.class_embed(one_hot)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.embed(t, label, context_mask)
+        h = self.stem(x)
+        skips = []
+        for blocks, down in zip(self.down_blocks, self.downsamples):
+            for block in blocks:
+                h = block(h, emb)
+            skips.append(h)
+            h = down(h)
+        h = self.mid_block(self.mid_attention(h), emb)
+        for i, (block, up) in enumerate(zip(self.up_blocks, self.upsamples)):
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if i == 0:
+                h = self.up_attention(h)
+            h = up(h)
+        return self.head(h)
+
+
+def build_unet(config: dict) -> ClassConditionalUNet:
+    """A freshly initialised U-Net from a checkpoint config's "architecture" entry."""
+    return ClassConditionalUNet(UNetConfig(**config["architecture"]))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

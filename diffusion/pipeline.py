@@ -1,0 +1,92 @@
+"""The Python API: one call loads the shipped model, one call generates.
+
+    >>> from diffusion import load_pipeline
+    >>> pipe = load_pipeline()                      # checkpoints/unet.safetensors + .json
+    >>> digits = pipe.generate([3, 1, 4], seed=0)   # uint8 [3,28,28], 0 = background, 255 = ink
+    >>> for step in pipe.denoising_steps([7]):      # every intermediate x_t and x̂_0, for animations
+    ...     print(step.index, step.t)
+
+The defaults below are the app's defaults, picked from `python -m diffusion.evaluate` (see
+`checkpoints/evaluation.md`): the fewest steps and guided evaluations that pass the quality bar.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoints import CHECKPOINT_DIR, load_module
+from .data import to_uint8
+from .model import ClassConditionalUNet, build_unet
+from .sampling import SAMPLERS, SamplerStep, sample_steps
+from .schedules import NoiseSchedule
+
+DEFAULT_UNET = CHECKPOINT_DIR / "unet"
+DEFAULT_SAMPLER = "dpm++2m"
+DEFAULT_STEPS = 10
+DEFAULT_GUIDANCE = 1.0
+MAX_GUIDANCE = 20.0
+MAX_BATCH = 10_000
+
+
+class DigitDiffusion:
+    """A loaded diffusion model with its noise schedule. Use `load_pipeline()` to make one."""
+
+    def __init__(self, model: ClassConditionalUNet, schedule: NoiseSchedule, config: dict):
+        self.model = model.eval()
+        self.schedule = schedule
+        self.config = config
+
+    @property
+    def num_train_steps(self) -> int:
+        """T, the number of steps of the forward process the model was trained on."""
+        return self.schedule.num_steps
+
+    def check_request(self, digits: Sequence[int], guidance: float, sampler: str, steps: int) -> list[int]:
+        """Validate a request; raises ValueError with a message meant for the user. Returns the digits."""
+        try:
+            digits = [int(d) for d in digits]
+        except (TypeError, ValueError):
+            raise ValueError(f"digits must be integers from 0 to 9, got {digits!r}") from None
+        if not digits:
+            raise ValueError("ask for at least one digit")
+        if len(digits) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} samples per call, got {len(digits)}")
+        if any(not 0 <= d <= 9 for d in digits):
+            raise ValueError(f"digits must be from 0 to 9, got {sorted(set(d for d in digits if not 0 <= d <= 9))}")
+        if not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance w must be a finite number from 0 to {MAX_GUIDANCE:g}, got {guidance!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.num_train_steps:
+            raise ValueError(f"steps must be an integer from 1 to {self.num_train_steps}, got {steps!r}")
+        return digits
+
+    def denoising_steps(self, digits: Sequence[int], *, guidance: float = DEFAULT_GUIDANCE,
+                        sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, seed: int = 0,
+                        eta: float = 0.0) -> Iterator[SamplerStep]:
+        """Yield a `SamplerStep` (x_t and x̂_0, float [B,1,28,28] in [-1,1]) after each step."""
+        digits = self.check_request(digits, guidance, sampler, steps)
+        generator = torch.Generator().manual_seed(int(seed))
+        yield from sample_steps(self.model, self.schedule, torch.tensor(digits), guidance=float(guidance),
+                                sampler=sampler, steps=steps, eta=eta, generator=generator)
+
+    def generate(self, digits: Sequence[int], *, guidance: float = DEFAULT_GUIDANCE, sampler: str = DEFAULT_SAMPLER,
+                 steps: int = DEFAULT_STEPS, seed: int = 0, eta: float = 0.0) -> np.ndarray:
+        """Samples of the requested digits as uint8 [N,28,28] (0 = background, 255 = ink).
+
+        The same seed and settings always give the same images.
+        """
+        last = None
+        for last in self.denoising_steps(digits, guidance=guidance, sampler=sampler, steps=steps, seed=seed, eta=eta):
+            pass
+        return to_uint8(last.x)
+
+
+def load_pipeline(checkpoint: str | Path = DEFAULT_UNET) -> DigitDiffusion:
+    """Load a diffusion checkpoint (default: the shipped one) into a `DigitDiffusion` on the CPU."""
+    model, config = load_module(checkpoint, build_unet, kind="diffusion-unet")
+    return DigitDiffusion(model, NoiseSchedule.create(**config["schedule"]), config)

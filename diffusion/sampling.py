@@ -1,0 +1,162 @@
+"""The reverse process: classifier-free guidance and the sampling loops.
+
+One loop (`sample_steps`) serves every caller — the app's animation, the CLI, evaluation and the
+benchmark. It walks a decreasing list of time steps t_1 > t_2 > … > t_S and, at each, asks the
+network for the guided noise estimate, turns it into a prediction of the clean image x̂_0, and
+lets a *sampler* move x from t_i to t_{i+1} (or to the clean image after the last step):
+
+    ddpm     the course's ancestral sampler: x_{s} ~ q(x_s | x_t, x̂_0), fresh noise every step.
+             With steps = T it is exactly Ho et al.'s loop over all T steps.
+    ddim     Song et al. 2021; eta = 0 is deterministic, eta = 1 matches ddpm's noise level.
+    dpm++2m  DPM-Solver++(2M), Lu et al. 2022: a second-order multistep solver of the
+             probability-flow ODE; good samples in ~10 steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from .schedules import NoiseSchedule
+
+SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+
+
+def guided_eps(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+               guidance: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance: ε = (1+w)·ε(x,c) − w·ε(x,∅).
+
+    x: [B,1,28,28]; t: [B] time steps; labels: [B] digits 0..9;
+    guidance w: a float, or a [B] tensor (one w per sample). Returns ε: [B,1,28,28].
+    Both halves run as one doubled batch [x; x] with the second half's labels masked.
+    With w = 0 everywhere only the conditional half is evaluated.
+    """
+    w = torch.as_tensor(guidance, dtype=x.dtype, device=x.device)
+    if not bool((w != 0).any()):
+        return model(x, t, labels)
+    B = x.shape[0]
+    mask = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(x.device)
+    eps_cond, eps_uncond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, labels]), mask).chunk(2)
+    w = w.reshape(-1, 1, 1, 1) if w.dim() else w
+    return (1 + w) * eps_cond - w * eps_uncond
+
+
+def timestep_sequence(num_train_steps: int, num_steps: int) -> list[int]:
+    """S evaluation times evenly spaced from T down to 1, e.g. T=500, S=5 -> [500, 375, 250, 126, 1]."""
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= num_train_steps:
+        raise ValueError(f"steps must be an integer from 1 to {num_train_steps}, got {num_steps!r}")
+    if num_steps == 1:
+        return [num_train_steps]
+    ts = torch.linspace(num_train_steps, 1, num_steps, dtype=torch.float64).round().long().tolist()
+    return ts
+
+
+@dataclass
+class SamplerStep:
+    """What the loop reports after each step.
+
+    index: 1..total; t: time step of the new `x` (0 after the last step);
+    x: [B,1,28,28] the new x_t (after the last step: the final sample, in [-1,1]);
+    x0: [B,1,28,28] the network's current prediction of the clean image x̂_0, in [-1,1].
+    """
+
+    index: int
+    total: int
+    t: int
+    x: torch.Tensor
+    x0: torch.Tensor
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn from `generator` (on its own device) for reproducibility."""
+    gen_device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
+
+
+def _update_ddpm(sched, x, x0, eps, t, s, gen, eta):
+    """Ancestral step t -> s: sample from the posterior q(x_s | x_t, x̂_0) of the (respaced) process."""
+    ab_t, ab_s = sched.alpha_bar[t].item(), sched.alpha_bar[s].item()
+    alpha_ts = ab_t / ab_s  # α of the jump t -> s (α_t itself when s = t-1)
+    beta_ts = 1 - alpha_ts
+    mean = (ab_s**0.5 * beta_ts / (1 - ab_t)) * x0 + (alpha_ts**0.5 * (1 - ab_s) / (1 - ab_t)) * x
+    var = beta_ts * (1 - ab_s) / (1 - ab_t)
+    if s == 0:
+        return mean
+    return mean + var**0.5 * _randn_like(x, gen)
+
+
+def _update_ddim(sched, x, x0, eps, t, s, gen, eta):
+    """DDIM step t -> s: x_s = √ᾱ_s·x̂_0 + √(1-ᾱ_s-σ²)·ε + σ·z."""
+    ab_t, ab_s = sched.alpha_bar[t].item(), sched.alpha_bar[s].item()
+    sigma = eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)) ** 0.5
+    x_s = ab_s**0.5 * x0 + max(1 - ab_s - sigma**2, 0.0) ** 0.5 * eps
+    if sigma > 0 and s > 0:
+        x_s = x_s + sigma * _randn_like(x, gen)
+    return x_s
+
+
+class _DPMSolverPP2M:
+    """DPM-Solver++(2M) in data-prediction form. Keeps the previous x̂_0 and step size between calls."""
+
+    def __init__(self):
+        self.prev_x0 = None
+        self.prev_h = None
+
+    def __call__(self, sched, x, x0, eps, t, s, gen, eta):
+        if s == 0:  # the last step lands on the clean image: first order, x_0 = x̂_0
+            return x0
+        ab_t, ab_s = sched.alpha_bar[t].item(), sched.alpha_bar[s].item()
+        lam_t = 0.5 * (torch.log(torch.tensor(ab_t)) - torch.log1p(torch.tensor(-ab_t))).item()
+        lam_s = 0.5 * (torch.log(torch.tensor(ab_s)) - torch.log1p(torch.tensor(-ab_s))).item()
+        h = lam_s - lam_t
+        d = x0
+        if self.prev_x0 is not None:
+            r = self.prev_h / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * self.prev_x0
+        self.prev_x0, self.prev_h = x0, h
+        sigma_ratio = ((1 - ab_s) / (1 - ab_t)) ** 0.5
+        return sigma_ratio * x - ab_s**0.5 * torch.expm1(torch.tensor(-h)).item() * d
+
+
+def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.Tensor, *,
+                 guidance: float | torch.Tensor = 0.0, sampler: str = "dpm++2m", steps: int = 10,
+                 eta: float = 0.0, generator: torch.Generator | None = None,
+                 x_T: torch.Tensor | None = None, clip_x0: bool = True) -> Iterator[SamplerStep]:
+    """Run the reverse process, yielding a `SamplerStep` after every step.
+
+    labels: [B] digits 0..9 (one sample per entry); guidance: w (float or [B]);
+    sampler: one of SAMPLERS; steps: network evaluations, 1..T; eta: DDIM noise (0 = deterministic);
+    generator: seeds x_T and any per-step noise, so the same seed gives the same samples;
+    x_T: optional starting noise [B,1,28,28] (default: drawn from `generator`).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    device = next(model.parameters()).device
+    labels = torch.as_tensor(labels, device=device).long().reshape(-1)
+    B = labels.shape[0]
+    if x_T is None:
+        x_T = _randn_like(torch.empty((B, 1, 28, 28), device=device), generator)
+    update: Callable = {"ddpm": _update_ddpm, "ddim": _update_ddim, "dpm++2m": _DPMSolverPP2M()}[sampler]
+    ts = timestep_sequence(schedule.num_steps, steps)
+    x = x_T
+    with torch.inference_mode():
+        for i, t in enumerate(ts):
+            s = ts[i + 1] if i + 1 < len(ts) else 0
+            t_batch = torch.full((B,), t, device=device, dtype=torch.long)
+            eps = guided_eps(model, x, t_batch, labels, guidance)
+            x0 = schedule.predict_x0(x, t_batch, eps)
+            if clip_x0:
+                x0 = x0.clamp(-1, 1)
+                ab = schedule.alpha_bar[t].item()
+                eps = (x - ab**0.5 * x0) / (1 - ab) ** 0.5  # keep ε consistent with the clipped x̂_0
+            x = update(schedule, x, x0, eps, t, s, generator, eta)
+            yield SamplerStep(index=i + 1, total=len(ts), t=s, x=x, x0=x0)
+
+
+def sample(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Run `sample_steps` to the end and return the final samples [B,1,28,28] in [-1,1]."""
+    last = None
+    for last in sample_steps(model, schedule, labels, **kwargs):
+        pass
+    return last.x.clamp(-1, 1)

@@ -1,0 +1,135 @@
+"""Noise schedules: the pure math of the forward process (no network here).
+
+A schedule fixes β_1..β_T, the variance of the noise added at each forward step
+    q(x_t | x_{t-1}) = N(√(1-β_t)·x_{t-1}, β_t·I).
+Everything else follows from β:
+    α_t   = 1 - β_t
+    ᾱ_t   = α_1·α_2·…·α_t              (how much of x_0 survives to step t)
+    SNR_t = ᾱ_t / (1 - ᾱ_t)             (signal-to-noise ratio of x_t)
+    q(x_t | x_0)       = N(√ᾱ_t·x_0, (1-ᾱ_t)·I)      -> `q_sample`
+    q(x_{t-1} | x_t, x_0) = N(μ̃_t, β̃_t·I)            -> `q_posterior`
+
+Time steps are integers t = 1..T as in the DDPM paper; arrays are stored with a
+leading entry for t = 0 (β_0 = 0, ᾱ_0 = 1) so that `alpha_bar[t]` reads like the maths.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+SCHEDULE_NAMES = ("linear", "cosine", "quadratic", "sigmoid")
+
+
+def make_betas(name: str, num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """β_1..β_T as float64 [T] for a named schedule.
+
+    linear:    β rises linearly from beta_start to beta_end (Ho et al. 2020; the course uses 1e-4..0.02).
+    quadratic: √β rises linearly, so β grows slowly at first.
+    sigmoid:   β follows a sigmoid between beta_start and beta_end (GeoDiff, Xu et al. 2022).
+    cosine:    ᾱ_t = cos²(((t/T)+s)/(1+s)·π/2) with s = 0.008, β clipped at 0.999
+               (Nichol & Dhariwal 2021); beta_start/beta_end are not used.
+    """
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if name != "cosine" and not (0.0 < beta_start < beta_end < 1.0):
+        raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
+    T = num_steps
+    if name == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    if name == "quadratic":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+    if name == "sigmoid":
+        s = torch.sigmoid(torch.linspace(-6.0, 6.0, T, dtype=torch.float64))
+        return beta_start + (beta_end - beta_start) * s
+    if name == "cosine":
+        s = 0.008
+        t = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        alpha_bar = f / f[0]
+        return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+    raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULE_NAMES)}")
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """All per-step constants of a schedule, indexed by t = 0..T (entry 0 is 'no noise').
+
+    Attributes are float64 tensors of shape [T+1]. Build one with `NoiseSchedule.create`.
+    """
+
+    name: str
+    num_steps: int  # T
+    beta_start: float
+    beta_end: float
+    betas: torch.Tensor
+    alphas: torch.Tensor
+    alpha_bar: torch.Tensor
+
+    @classmethod
+    def create(cls, name: str = "linear", num_steps: int = 1000,
+               beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+        betas = torch.cat([torch.zeros(1, dtype=torch.float64),
+                           make_betas(name, num_steps, beta_start, beta_end)])
+        alphas = 1.0 - betas
+        return cls(name=name, num_steps=num_steps, beta_start=beta_start, beta_end=beta_end, betas=betas, alphas=alphas,
+                   alpha_bar=torch.cumprod(alphas, dim=0))
+
+    # --- derived quantities -------------------------------------------------------------
+    @property
+    def snr(self) -> torch.Tensor:
+        """SNR_t = ᾱ_t / (1 - ᾱ_t), [T+1] (infinite at t = 0)."""
+        return self.alpha_bar / (1.0 - self.alpha_bar)
+
+    @property
+    def log_snr(self) -> torch.Tensor:
+        """log SNR_t, [T+1]."""
+        return torch.log(self.alpha_bar) - torch.log1p(-self.alpha_bar)
+
+    @property
+    def posterior_variance(self) -> torch.Tensor:
+        """β̃_t = β_t·(1-ᾱ_{t-1})/(1-ᾱ_t), [T+1] (0 at t = 0 and t = 1)."""
+        var = torch.zeros_like(self.betas)
+        ab, ab_prev = self.alpha_bar[1:], self.alpha_bar[:-1]
+        var[1:] = self.betas[1:] * (1.0 - ab_prev) / (1.0 - ab)
+        return var
+
+    def _gather(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """values[t] reshaped to broadcast against `like` ([B,...]), in like's dtype/device."""
+        t = torch.as_tensor(t, device=values.device)
+        out = values[t].to(device=like.device, dtype=like.dtype)
+        return out.reshape(out.shape + (1,) * (like.dim() - out.dim()))
+
+    # --- the forward process --------------------------------------------------------------
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Sample x_t ~ q(x_t | x_0) = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε.
+
+        x0, noise: [B,C,H,W] (images in [-1,1]); t: [B] integers in 0..T. Returns [B,C,H,W].
+        """
+        ab = self._gather(self.alpha_bar, t, x0)
+        return ab.sqrt() * x0 + (1.0 - ab).sqrt() * noise
+
+    def q_posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean μ̃_t [B,C,H,W] and variance β̃_t [B,1,1,1] of q(x_{t-1} | x_t, x_0), for t ≥ 1.
+
+        μ̃_t = √ᾱ_{t-1}·β_t/(1-ᾱ_t)·x_0 + √α_t·(1-ᾱ_{t-1})/(1-ᾱ_t)·x_t
+        """
+        t = torch.as_tensor(t)
+        ab = self._gather(self.alpha_bar, t, xt)
+        ab_prev = self._gather(self.alpha_bar, t - 1, xt)
+        beta = self._gather(self.betas, t, xt)
+        alpha = self._gather(self.alphas, t, xt)
+        coef_x0 = ab_prev.sqrt() * beta / (1.0 - ab)
+        coef_xt = alpha.sqrt() * (1.0 - ab_prev) / (1.0 - ab)
+        return coef_x0 * x0 + coef_xt * xt, self._gather(self.posterior_variance, t, xt)
+
+    def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Invert q_sample for x_0 given the noise: x̂_0 = (x_t - √(1-ᾱ_t)·ε) / √ᾱ_t."""
+        ab = self._gather(self.alpha_bar, t, xt)
+        return (xt - (1.0 - ab).sqrt() * eps) / ab.sqrt()
+
+    def to_config(self) -> dict:
+        """The arguments of `create`, for a checkpoint's JSON config."""
+        return {"name": self.name, "num_steps": self.num_steps,
+                "beta_start": self.beta_start, "beta_end": self.beta_end}
