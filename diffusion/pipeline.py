@@ -85,6 +85,18 @@ class DigitDiffusion:
             pass
         return to_uint8(last.x)
 
+    def generate_many(self, digits: Sequence[int], *, batch_size: int = 500, progress: bool = False,
+                      seed: int = 0, **settings) -> np.ndarray:
+        """Like `generate` for many samples: batches of `batch_size` (batch i seeded with seed + i),
+        with an optional progress bar. Returns uint8 [N,28,28]."""
+        from tqdm import tqdm
+
+        digits = list(digits)
+        chunks = [digits[i:i + batch_size] for i in range(0, len(digits), batch_size)]
+        out = [self.generate(chunk, seed=seed + i, **settings)
+               for i, chunk in enumerate(tqdm(chunks, desc="sampling", unit="batch", disable=not progress))]
+        return np.concatenate(out)
+
 
 def load_pipeline(checkpoint: str | Path = DEFAULT_UNET) -> DigitDiffusion:
     """Load a diffusion checkpoint (default: the shipped one) into a `DigitDiffusion` on the CPU."""

@@ -1,0 +1,160 @@
+"""Measure sample quality:  python -m diffusion.evaluate --data-dir ../shared/data
+
+For each setting in a grid (guidance w × sampler/steps) it draws `--per-class` samples of every
+digit and reports, using the trusted classifier (`classifier.py`):
+    accuracy        fraction classified as the requested digit (overall and the worst digit)
+    confidence      mean classifier probability of the requested digit
+    FD              Fréchet distance between classifier penultimate-layer features of the samples
+                    and of the 10,000 MNIST test images (lower = closer to real digits);
+                    the *floor* is the same figure for 2,000 real training images
+    NN distance     mean pixel distance from each sample to its nearest training image, beside the
+                    same figure for real test images (much smaller = memorised training digits)
+Writes JSON and a markdown table, and names the cheapest setting that passes the quality bar.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoints import CHECKPOINT_DIR
+from .classifier import DEFAULT_CLASSIFIER, DigitClassifier, load_classifier
+from .data import load_mnist, to_model_range
+from .pipeline import DEFAULT_UNET, load_pipeline
+
+# The quality bar (issue 2): ≥ 99.5% overall, every digit ≥ 99%, FD ≤ 1.5 × the real-vs-real floor.
+BAR_ACCURACY, BAR_WORST_DIGIT, BAR_FD_RATIO = 0.995, 0.99, 1.5
+
+
+@torch.inference_mode()
+def classifier_features(classifier: DigitClassifier, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Penultimate-layer features [N,128] (float64) of images x: [N,1,28,28] in [-1,1]."""
+    classifier.eval()
+    return torch.cat([classifier.features(chunk) for chunk in x.split(batch_size)]).double()
+
+
+def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+    """‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2(Σ_a^½ Σ_b Σ_a^½)^½) between Gaussians fitted to [N,D] features."""
+    mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
+    cov_a, cov_b = torch.cov(feats_a.T), torch.cov(feats_b.T)
+    evals, evecs = torch.linalg.eigh(cov_a)
+    sqrt_a = evecs @ torch.diag(evals.clamp(min=0).sqrt()) @ evecs.T
+    cross = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+    return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+
+
+def nearest_neighbour_distance(x: torch.Tensor, reference: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """For each image in x [N,1,28,28], the L2 distance (pixels in [0,1]) to the closest image in reference [M,1,28,28]."""
+    ref = ((reference.reshape(len(reference), -1) + 1) / 2).float()
+    out = [torch.cdist(((chunk.reshape(len(chunk), -1) + 1) / 2).float(), ref).min(1).values
+           for chunk in x.split(batch_size)]
+    return torch.cat(out)
+
+
+def score_samples(samples: torch.Tensor, labels: torch.Tensor, classifier: DigitClassifier,
+                  test_feats: torch.Tensor, train_x: torch.Tensor) -> dict:
+    """All quality figures for samples [N,1,28,28] in [-1,1] of the requested labels [N]."""
+    probs = classifier.predict_proba(samples)
+    correct = probs.argmax(1) == labels
+    per_digit = [correct[labels == d].float().mean().item() for d in range(10)]
+    return {
+        "accuracy": correct.float().mean().item(),
+        "per_digit_accuracy": per_digit,
+        "worst_digit": int(np.argmin(per_digit)),
+        "worst_digit_accuracy": min(per_digit),
+        "mean_confidence": probs[torch.arange(len(labels)), labels].mean().item(),
+        "fd": frechet_distance(classifier_features(classifier, samples), test_feats),
+        "nn_distance": nearest_neighbour_distance(samples, train_x).mean().item(),
+    }
+
+
+def passes_bar(result: dict, fd_floor: float) -> bool:
+    return (result["accuracy"] >= BAR_ACCURACY and result["worst_digit_accuracy"] >= BAR_WORST_DIGIT
+            and result["fd"] <= BAR_FD_RATIO * fd_floor)
+
+
+def parse_setting(text: str) -> tuple[str, int]:
+    """'dpm++2m:10' -> ('dpm++2m', 10)."""
+    sampler, _, steps = text.partition(":")
+    return sampler, int(steps)
+
+
+def markdown_table(results: list[dict], floor: dict) -> str:
+    lines = [f"Real-vs-real floor: FD {floor['fd']:.3f} (2,000 training images vs the test set); "
+             f"NN distance of real test images to the training set {floor['nn_distance']:.3f}. "
+             f"Bar: accuracy ≥ {BAR_ACCURACY:.1%}, every digit ≥ {BAR_WORST_DIGIT:.0%}, FD ≤ {BAR_FD_RATIO}× floor "
+             f"= {BAR_FD_RATIO * floor['fd']:.3f}.", "",
+             "| sampler | steps | w | net evals/sample | accuracy | worst digit | confidence | FD | FD/floor | NN dist | s/1000 | bar |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r['network_evals_per_sample']} | "
+                     f"{r['accuracy']:.2%} | {r['worst_digit']}: {r['worst_digit_accuracy']:.1%} | "
+                     f"{r['mean_confidence']:.4f} | {r['fd']:.3f} | {r['fd'] / floor['fd']:.2f} | "
+                     f"{r['nn_distance']:.3f} | {r['seconds_per_1000']:.1f} | {'pass' if r['passes_bar'] else '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="data", help="MNIST root (here: ../shared/data)")
+    p.add_argument("--checkpoint", default=str(DEFAULT_UNET))
+    p.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER))
+    p.add_argument("--per-class", type=int, default=200, help="samples per digit (200 -> 2,000 in all)")
+    p.add_argument("--guidance", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+    p.add_argument("--settings", nargs="+", default=["dpm++2m:8", "dpm++2m:10", "ddim:20"],
+                   help="sampler:steps pairs")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--out", default=str(CHECKPOINT_DIR / "evaluation"), help="writes <out>.json and <out>.md")
+    args = p.parse_args(argv)
+
+    pipe, classifier = load_pipeline(args.checkpoint), load_classifier(args.classifier)
+    test_x = to_model_range(load_mnist(args.data_dir, train=False)[0])
+    train_x = to_model_range(load_mnist(args.data_dir, train=True)[0])
+    test_feats = classifier_features(classifier, test_x)
+    floor_idx = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(args.seed))[:10 * args.per_class]
+    floor = {"fd": frechet_distance(classifier_features(classifier, train_x[floor_idx]), test_feats),
+             "nn_distance": nearest_neighbour_distance(test_x[:10 * args.per_class], train_x).mean().item(),
+             "test_accuracy_of_classifier": (classifier.predict_proba(test_x).argmax(1)
+                                             == load_mnist(args.data_dir, train=False)[1]).float().mean().item()}
+    print(f"floor: FD {floor['fd']:.3f}, NN distance {floor['nn_distance']:.3f}; "
+          f"classifier test accuracy {floor['test_accuracy_of_classifier']:.4%}", flush=True)
+
+    labels = torch.arange(10).repeat_interleave(args.per_class)
+    results = []
+    for setting in args.settings:
+        sampler, steps = parse_setting(setting)
+        for w in args.guidance:
+            t0 = time.perf_counter()
+            x = to_model_range(pipe.generate_many(labels.tolist(), guidance=w, sampler=sampler, steps=steps,
+                                                  seed=args.seed, batch_size=1000))
+            seconds = time.perf_counter() - t0
+            r = {"sampler": sampler, "steps": steps, "guidance": w,
+                 "network_evals_per_sample": steps * (2 if w else 1),
+                 "num_samples": len(labels), "seconds_per_1000": seconds / len(labels) * 1000,
+                 **score_samples(x, labels, classifier, test_feats, train_x)}
+            r["passes_bar"] = passes_bar(r, floor["fd"])
+            results.append(r)
+            print(f"{sampler}:{steps} w={w:g}: accuracy {r['accuracy']:.2%} (worst {r['worst_digit']}: "
+                  f"{r['worst_digit_accuracy']:.1%}), FD {r['fd']:.3f} ({r['fd'] / floor['fd']:.2f}× floor), "
+                  f"NN {r['nn_distance']:.3f}, {'PASS' if r['passes_bar'] else 'fail'}", flush=True)
+
+    passing = [r for r in results if r["passes_bar"]]
+    best = min(passing, key=lambda r: (r["network_evals_per_sample"], r["fd"])) if passing else None
+    report = {"checkpoint": args.checkpoint, "per_class": args.per_class, "seed": args.seed, "floor": floor,
+              "results": results, "recommended": best}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out + ".json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown_table(results, floor)
+    if best:
+        table += (f"\nRecommended (passes the bar with the fewest network evaluations): {best['sampler']}, "
+                  f"{best['steps']} steps, w = {best['guidance']:g}.\n")
+    Path(args.out + ".md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

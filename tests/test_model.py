@@ -1,0 +1,50 @@
+"""The U-Net: shapes, and that the context mask really means 'no label'."""
+import torch
+
+from diffusion.model import ClassConditionalUNet, UNetConfig, build_unet, sinusoidal_embedding
+
+
+def _randomised(model):
+    """Zero-initialised output layers would make every check trivially pass: randomise all weights."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def test_output_shape(tiny_unet_config):
+    model = build_unet(tiny_unet_config)
+    x = torch.randn(3, 1, 28, 28)
+    out = model(x, torch.tensor([1, 20, 50]), torch.tensor([0, 5, 9]))
+    assert out.shape == (3, 1, 28, 28)
+
+
+def test_masked_labels_give_the_unconditional_prediction(tiny_unet_config):
+    model = _randomised(build_unet(tiny_unet_config))
+    x, t = torch.randn(1, 1, 28, 28).repeat(10, 1, 1, 1), torch.full((10,), 30)
+    masked = model(x, t, torch.arange(10), context_mask=torch.ones(10, dtype=torch.bool))
+    # with the label dropped, the digit asked for makes no difference ...
+    torch.testing.assert_close(masked, masked[:1].expand_as(masked))
+    # ... while unmasked, it does
+    conditional = model(x, t, torch.arange(10))
+    assert (conditional - conditional[:1]).abs().amax() > 1e-3
+
+
+def test_mask_applies_per_sample(tiny_unet_config):
+    model = _randomised(build_unet(tiny_unet_config))
+    x, t, y = torch.randn(2, 1, 28, 28), torch.tensor([5, 5]), torch.tensor([3, 3])
+    mixed = model(x, t, y, context_mask=torch.tensor([False, True]))
+    torch.testing.assert_close(mixed[0], model(x[:1], t[:1], y[:1])[0])
+    torch.testing.assert_close(mixed[1], model(x[1:], t[1:], y[1:], torch.tensor([True]))[0])
+
+
+def test_time_embedding_distinguishes_steps():
+    e = sinusoidal_embedding(torch.tensor([1, 2, 500]), 32)
+    assert e.shape == (3, 32)
+    assert (e[0] - e[1]).abs().sum() > 0 and (e[0] - e[2]).abs().sum() > 0
+
+
+def test_default_config_is_small_enough_for_a_cpu():
+    model = ClassConditionalUNet(UNetConfig())
+    assert sum(p.numel() for p in model.parameters()) < 3_000_000

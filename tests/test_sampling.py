@@ -1,0 +1,112 @@
+"""Guidance and the samplers: exactness on toy data, reproducibility, and the course's DDPM loop."""
+import math
+
+import pytest
+import torch
+
+from diffusion.model import build_unet
+from diffusion.sampling import SAMPLERS, guided_eps, sample, sample_steps, timestep_sequence
+from diffusion.schedules import NoiseSchedule
+
+
+class GaussianOracle(torch.nn.Module):
+    """The exact ε-predictor when the data is N(m_c, s²·I) for class c (m_c = 0.1·c), and N(0, s²) unconditionally.
+
+    For such data E[ε | x_t] = √(1-ᾱ)·(x_t − √ᾱ·m) / (ᾱ·s² + 1 − ᾱ), so a correct sampler must
+    return samples with mean m and standard deviation s.
+    """
+
+    def __init__(self, schedule, s):
+        super().__init__()
+        self.schedule, self.s = schedule, s
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, t, label, context_mask=None):
+        ab = self.schedule.alpha_bar[t].float().view(-1, 1, 1, 1)
+        m = 0.1 * label.float().view(-1, 1, 1, 1)
+        if context_mask is not None:
+            m = m * (~context_mask).float().view(-1, 1, 1, 1)
+        return (1 - ab).sqrt() * (x - ab.sqrt() * m) / (ab * self.s**2 + 1 - ab)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 200), ("ddim", 50), ("dpm++2m", 10), ("dpm++2m", 20)])
+def test_samplers_recover_the_data_distribution(sampler, steps):
+    sched = NoiseSchedule.create("cosine", 200)
+    oracle = GaussianOracle(sched, s=0.25)
+    labels = torch.full((2000,), 1)
+    x = sample(oracle, sched, labels, sampler=sampler, steps=steps, clip_x0=False,
+               generator=torch.Generator().manual_seed(0))
+    assert x.mean().item() == pytest.approx(0.1, abs=0.015)
+    assert x.std().item() == pytest.approx(0.25, rel=0.03)
+
+
+def test_ddpm_with_all_steps_is_the_course_loop(tiny_unet_config):
+    """Our DDPM (steps = T, no clipping) against a direct transcription of Ho et al.'s Algorithm 2."""
+    torch.manual_seed(0)
+    model = build_unet(tiny_unet_config).eval()
+    for p in model.parameters():  # non-trivial weights
+        torch.nn.init.normal_(p, std=0.05)
+    sched = NoiseSchedule.create(**tiny_unet_config["schedule"])
+    labels, w = torch.tensor([1, 7]), 2.0
+    ours = sample(model, sched, labels, guidance=w, sampler="ddpm", steps=sched.num_steps, clip_x0=False,
+                  generator=torch.Generator().manual_seed(3))
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn((2, 1, 28, 28), generator=g)
+    with torch.no_grad():
+        for t in range(sched.num_steps, 0, -1):
+            tt = torch.full((2,), t)
+            eps_c = model(x, tt, labels)
+            eps_u = model(x, tt, labels, torch.ones(2, dtype=torch.bool))
+            eps = (1 + w) * eps_c - w * eps_u
+            a, b, ab = sched.alphas[t].item(), sched.betas[t].item(), sched.alpha_bar[t].item()
+            x = (x - b / math.sqrt(1 - ab) * eps) / math.sqrt(a)
+            if t > 1:
+                x = x + sched.posterior_variance[t].sqrt().item() * torch.randn(x.shape, generator=g)
+    torch.testing.assert_close(ours, x.clamp(-1, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_guidance_zero_is_the_conditional_prediction(tiny_unet_config):
+    model = build_unet(tiny_unet_config).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, t, y = torch.randn(3, 1, 28, 28), torch.tensor([3, 9, 27]), torch.tensor([0, 4, 8])
+    with torch.no_grad():
+        torch.testing.assert_close(guided_eps(model, x, t, y, 0.0), model(x, t, y))
+        eps_c, eps_u = model(x, t, y), model(x, t, y, torch.ones(3, dtype=torch.bool))
+        torch.testing.assert_close(guided_eps(model, x, t, y, 1.5), 2.5 * eps_c - 1.5 * eps_u, atol=1e-5, rtol=1e-5)
+        per_sample = guided_eps(model, x, t, y, torch.tensor([0.0, 1.5, 3.0]))
+        torch.testing.assert_close(per_sample[1], (2.5 * eps_c - 1.5 * eps_u)[1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(per_sample[0], eps_c[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_same_seed_same_samples(tiny_unet_config, sampler):
+    model = build_unet(tiny_unet_config).eval()
+    sched = NoiseSchedule.create(**tiny_unet_config["schedule"])
+    run = lambda seed: sample(model, sched, torch.arange(4), guidance=1.0, sampler=sampler, steps=5, eta=1.0,  # noqa: E731
+                              generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(run(0), run(0), atol=0, rtol=0)
+    assert not torch.equal(run(0), run(1))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_the_loop_yields_every_step(tiny_unet_config, sampler):
+    model = build_unet(tiny_unet_config).eval()
+    sched = NoiseSchedule.create(**tiny_unet_config["schedule"])
+    steps = list(sample_steps(model, sched, torch.tensor([2, 3]), sampler=sampler, steps=6,
+                              generator=torch.Generator().manual_seed(0)))
+    assert [s.index for s in steps] == list(range(1, 7)) and all(s.total == 6 for s in steps)
+    ts = [s.t for s in steps]
+    assert ts == sorted(ts, reverse=True) and ts[-1] == 0 and ts[0] < sched.num_steps
+    for s in steps:
+        assert s.x.shape == s.x0.shape == (2, 1, 28, 28)
+        assert s.x0.abs().max() <= 1 and torch.isfinite(s.x).all()
+
+
+def test_timestep_sequence():
+    assert timestep_sequence(500, 5) == [500, 375, 250, 126, 1]
+    assert timestep_sequence(50, 50) == list(range(50, 0, -1))
+    for bad in (0, 51, 2.5):
+        with pytest.raises(ValueError):
+            timestep_sequence(50, bad)
