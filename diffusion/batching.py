@@ -1,0 +1,179 @@
+"""Sharing network evaluations between sampling requests that arrive at the same time.
+
+A web app on a 2-core CPU receives many small requests at once (thirty students clicking
+"Generate" together). Running them one after another in separate threads makes them fight
+over the two cores; running them as ONE batch costs about the same as the sum of their
+sizes, but needs only one pass of the sampling loop. `BatchingSampler` owns one worker thread
+that does this: every request that is waiting when the worker becomes free joins the next
+batch. Inside a batch the requests' starting noises x_T are stacked along the batch axis,
+and each sample keeps its own label and guidance w (`guided_eps` takes one w per sample).
+
+Reproducibility: a request's x_T is drawn from its own `torch.Generator().manual_seed(seed)`
+exactly as `DigitDiffusion.denoising_steps` draws it, so a request gives the same images
+whether it ran alone or beside others (up to float rounding). Only *deterministic* samplers
+are shared (dpm++2m, and ddim with eta = 0): ddpm draws fresh noise at every step from the
+request's generator, so a ddpm request always runs on its own.
+
+    >>> sampler = BatchingSampler(pipe.model, pipe.schedule)
+    >>> request = seeded_request([3, 3, 7], guidance=1.0, sampler="dpm++2m", steps=10, seed=0)
+    >>> [images] = sampler.run([request])        # uint8 [3,28,28], same as pipe.generate(...)
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .data import to_uint8
+from .sampling import SamplerStep, sample, sample_steps
+from .schedules import NoiseSchedule
+
+DEFAULT_MAX_BATCH_SAMPLES = 100  # samples per shared batch; larger batches are no faster per sample on a CPU
+
+
+@dataclass
+class SampleRequest:
+    """One request: N samples with their own labels, guidance and starting noise.
+
+    labels: int64 [N] digits 0..9; guidance: float32 [N] w per sample; x_T: float32 [N,1,28,28];
+    generator: the request's generator *after* drawing x_T (its per-step noise, for ddpm and ddim eta > 0).
+    """
+
+    labels: torch.Tensor
+    guidance: torch.Tensor
+    x_T: torch.Tensor
+    sampler: str
+    steps: int
+    eta: float = 0.0
+    generator: torch.Generator | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    @property
+    def shareable(self) -> bool:
+        """Whether it may share a batch: only when the sampler adds no noise after x_T."""
+        return self.sampler == "dpm++2m" or (self.sampler == "ddim" and self.eta == 0)
+
+    @property
+    def batch_key(self) -> tuple:
+        """Requests can share network evaluations only if they visit the same time steps."""
+        return (self.sampler, self.steps, self.eta)
+
+
+def seeded_request(digits: Sequence[int], *, guidance: float, sampler: str, steps: int, seed: int,
+                   eta: float = 0.0) -> SampleRequest:
+    """A request whose x_T comes from `torch.Generator().manual_seed(seed)`, as in `denoising_steps`.
+
+    digits: N digits 0..9 (already validated, e.g. by `DigitDiffusion.check_request`).
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    x_T = torch.randn((len(digits), 1, 28, 28), generator=generator)
+    return SampleRequest(labels=torch.tensor(list(digits), dtype=torch.long),
+                         guidance=torch.full((len(digits),), float(guidance)),
+                         x_T=x_T, sampler=sampler, steps=steps, eta=eta, generator=generator)
+
+
+def request_steps(model: torch.nn.Module, schedule: NoiseSchedule, request: SampleRequest) -> Iterator[SamplerStep]:
+    """Run one request on its own, yielding every step (for animations of the reverse process)."""
+    return sample_steps(model, schedule, request.labels, guidance=request.guidance, sampler=request.sampler,
+                        steps=request.steps, eta=request.eta, generator=request.generator, x_T=request.x_T)
+
+
+def sample_together(model: torch.nn.Module, schedule: NoiseSchedule,
+                    requests: Sequence[SampleRequest]) -> list[np.ndarray]:
+    """Run requests as one batch; returns each request's samples as uint8 [N_i,28,28].
+
+    All requests must have the same `batch_key`; several requests must all be `shareable`.
+    """
+    first = requests[0]
+    if any(r.batch_key != first.batch_key for r in requests):
+        raise ValueError("requests in one batch must use the same sampler, steps and eta")
+    if len(requests) > 1 and not all(r.shareable for r in requests):
+        raise ValueError("only deterministic samplers (dpm++2m, ddim with eta=0) can share a batch")
+    final = sample(model, schedule, torch.cat([r.labels for r in requests]),
+                   guidance=torch.cat([r.guidance for r in requests]), sampler=first.sampler,
+                   steps=first.steps, eta=first.eta, generator=first.generator if len(requests) == 1 else None,
+                   x_T=torch.cat([r.x_T for r in requests]))
+    images = to_uint8(final)
+    return np.split(images, np.cumsum([r.num_samples for r in requests])[:-1])
+
+
+def plan_batches(requests: Sequence[SampleRequest], max_samples: int) -> list[list[int]]:
+    """Group request indices into batches: shareable requests with the same `batch_key`, in arrival
+    order, at most `max_samples` samples per batch (a larger request gets a batch of its own);
+    every other request alone. Batches run in the order of their first request."""
+    batches: list[list[int]] = []
+    open_batch: dict[tuple, list[int]] = {}  # batch_key -> the batch still accepting requests
+    for i, request in enumerate(requests):
+        batch = open_batch.get(request.batch_key) if request.shareable else None
+        if batch is not None and sum(requests[j].num_samples for j in batch) + request.num_samples <= max_samples:
+            batch.append(i)
+            continue
+        batch = [i]
+        batches.append(batch)
+        if request.shareable:
+            open_batch[request.batch_key] = batch
+    return batches
+
+
+class BatchingSampler:
+    """One worker thread that runs all waiting requests as shared batches (see the module docstring).
+
+    `run(requests)` may be called from many threads at once; it blocks until its requests are done.
+    `batch_sizes` holds the number of requests in each of the last 1000 batches (for tests and benchmarks).
+    """
+
+    def __init__(self, model: torch.nn.Module, schedule: NoiseSchedule,
+                 max_batch_samples: int = DEFAULT_MAX_BATCH_SAMPLES):
+        self.model, self.schedule, self.max_batch_samples = model, schedule, max_batch_samples
+        self.batch_sizes: deque[int] = deque(maxlen=1000)
+        self._waiting: queue.SimpleQueue = queue.SimpleQueue()  # lists of (request, future)
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def run(self, requests: Sequence[SampleRequest]) -> list[np.ndarray]:
+        """Samples for each request, uint8 [N_i,28,28]; the requests are queued together."""
+        jobs = [(request, Future()) for request in requests]
+        self._ensure_worker()
+        self._waiting.put(jobs)
+        return [future.result() for _, future in jobs]
+
+    def _ensure_worker(self) -> None:
+        with self._start_lock:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="batching-sampler", daemon=True)
+                self._worker.start()
+
+    def _take_waiting(self) -> list[tuple[SampleRequest, Future]]:
+        """Block for the next job list, then take every other list already waiting."""
+        jobs = list(self._waiting.get())
+        while True:
+            try:
+                jobs.extend(self._waiting.get_nowait())
+            except queue.Empty:
+                return jobs
+
+    def _work(self) -> None:
+        while True:
+            jobs = self._take_waiting()
+            for batch in plan_batches([request for request, _ in jobs], self.max_batch_samples):
+                self._run_batch([jobs[i] for i in batch])
+
+    def _run_batch(self, jobs: list[tuple[SampleRequest, Future]]) -> None:
+        self.batch_sizes.append(len(jobs))
+        try:
+            results = sample_together(self.model, self.schedule, [request for request, _ in jobs])
+        except Exception as error:  # the requesters see it; the worker keeps serving
+            for _, future in jobs:
+                future.set_exception(error)
+            return
+        for (_, future), images in zip(jobs, results):
+            future.set_result(images)

@@ -1,0 +1,111 @@
+"""Request batching: shared batches give each request the images it would get alone, only
+deterministic samplers are shared, and the worker survives a failing batch."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion.batching import BatchingSampler, SampleRequest, plan_batches, sample_together, seeded_request
+from diffusion.model import build_unet
+from diffusion.pipeline import DigitDiffusion
+from diffusion.schedules import NoiseSchedule
+
+
+@pytest.fixture(scope="module")
+def pipe() -> DigitDiffusion:
+    """A tiny random U-Net (all layers non-zero, so its outputs depend on x, t, label and w)."""
+    config = {"kind": "diffusion-unet",
+              "architecture": {"channels": [8, 16, 16], "attention_heads": 2, "embedding_dim": 32, "groups": 4},
+              "schedule": {"name": "cosine", "num_steps": 50, "beta_start": 1e-4, "beta_end": 0.02}}
+    torch.manual_seed(0)
+    model = build_unet(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return DigitDiffusion(model, NoiseSchedule.create(**config["schedule"]), config)
+
+
+def assert_same_images(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal uint8 images, allowing a rounding difference of 1 grey level (batch size changes float sums)."""
+    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("sampler,steps", [("dpm++2m", 6), ("ddim", 5), ("ddpm", 8)])
+def test_a_seeded_request_reproduces_generate(pipe, sampler, steps):
+    digits = [0, 3, 3, 9]
+    request = seeded_request(digits, guidance=1.5, sampler=sampler, steps=steps, seed=11)
+    [images] = sample_together(pipe.model, pipe.schedule, [request])
+    assert_same_images(images, pipe.generate(digits, guidance=1.5, sampler=sampler, steps=steps, seed=11))
+
+
+def test_requests_sharing_a_batch_get_what_they_get_alone(pipe):
+    settings = [([1, 2], 0.0, 3), ([7], 2.5, 4), ([5, 5, 5], 1.0, 3)]  # different digits, w and seeds
+    requests = [seeded_request(d, guidance=w, sampler="dpm++2m", steps=6, seed=s) for d, w, s in settings]
+    together = sample_together(pipe.model, pipe.schedule, requests)
+    for (digits, w, seed), images in zip(settings, together):
+        assert_same_images(images, pipe.generate(digits, guidance=w, sampler="dpm++2m", steps=6, seed=seed))
+
+
+def test_different_guidance_gives_different_images(pipe):
+    """Guards the test above: with the same seed, w really changes the samples of this model."""
+    a, b = (sample_together(pipe.model, pipe.schedule,
+                            [seeded_request([4], guidance=w, sampler="dpm++2m", steps=6, seed=0)])[0]
+            for w in (0.0, 4.0))
+    assert np.abs(a.astype(int) - b.astype(int)).max() > 1
+
+
+def test_stochastic_samplers_are_never_shared(pipe):
+    ddpm = [seeded_request([1], guidance=1.0, sampler="ddpm", steps=5, seed=s) for s in (0, 1)]
+    ddim_noisy = seeded_request([1], guidance=1.0, sampler="ddim", steps=5, seed=0, eta=1.0)
+    assert not any(r.shareable for r in ddpm + [ddim_noisy])
+    with pytest.raises(ValueError, match="deterministic"):
+        sample_together(pipe.model, pipe.schedule, ddpm)
+
+
+def test_plan_batches_groups_by_sampler_and_steps_and_caps_the_size():
+    def request(n, sampler="dpm++2m", steps=10):
+        return SampleRequest(torch.zeros(n, dtype=torch.long), torch.zeros(n), torch.zeros(n, 1, 28, 28),
+                             sampler, steps)
+
+    requests = [request(4), request(4, steps=20), request(4), request(8, "ddpm"), request(3), request(10)]
+    assert plan_batches(requests, max_samples=12) == [[0, 2, 4], [1], [3], [5]]
+    assert plan_batches(requests, max_samples=100) == [[0, 2, 4, 5], [1], [3]]
+    assert plan_batches([request(50), request(1)], max_samples=20) == [[0], [1]]
+
+
+def test_the_worker_batches_waiting_requests_and_serves_many_threads(pipe):
+    sampler = BatchingSampler(pipe.model, pipe.schedule, max_batch_samples=100)
+    requests = [seeded_request([d], guidance=1.0, sampler="dpm++2m", steps=4, seed=d) for d in range(6)]
+    results = sampler.run(requests)  # queued together: one shared batch
+    assert list(sampler.batch_sizes) == [6]
+    for d, images in enumerate(results):
+        assert_same_images(images, pipe.generate([d], guidance=1.0, sampler="dpm++2m", steps=4, seed=d))
+
+    outputs = {}
+
+    def ask(seed):
+        outputs[seed] = sampler.run([seeded_request([seed % 10], guidance=0.5, sampler="dpm++2m",
+                                                    steps=4, seed=seed)])[0]
+
+    threads = [threading.Thread(target=ask, args=(seed,)) for seed in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outputs) == list(range(8))
+    for seed, images in outputs.items():
+        assert_same_images(images, pipe.generate([seed % 10], guidance=0.5, sampler="dpm++2m", steps=4, seed=seed))
+    assert sum(list(sampler.batch_sizes)[1:]) == 8
+
+
+def test_a_failing_batch_reports_its_error_and_the_worker_keeps_serving(pipe):
+    sampler = BatchingSampler(pipe.model, pipe.schedule)
+    bad = seeded_request([1], guidance=1.0, sampler="dpm++2m", steps=3, seed=0)
+    bad.labels = torch.tensor([12])  # not a digit: the network's one-hot encoding fails
+    with pytest.raises(RuntimeError):
+        sampler.run([bad])
+    good = seeded_request([2], guidance=1.0, sampler="dpm++2m", steps=3, seed=0)
+    [images] = sampler.run([good])
+    assert_same_images(images, pipe.generate([2], guidance=1.0, sampler="dpm++2m", steps=3, seed=0))
