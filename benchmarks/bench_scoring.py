@@ -79,7 +79,7 @@ def bench_scoring(repeats: int) -> None:
 
 def bench_offline_failure(repeats: int) -> None:
     with tempfile.TemporaryDirectory() as empty_cache:  # so weights cached on this machine don't count
-        for label, offline in (("HF_HUB_OFFLINE=1", "1"), ("HF_HUB_OFFLINE unset (TCP probe)", None)):
+        for label, offline in (("HF_HUB_OFFLINE=1", "1"), ("HF_HUB_OFFLINE unset (HTTP probe of the hub)", None)):
             env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
             if offline:
                 env["HF_HUB_OFFLINE"] = offline
