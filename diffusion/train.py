@@ -6,7 +6,8 @@ network also learns ε(x,∅); minimise ‖ε − ε̂(x_t, t, c)‖².
 
 Writes (all under --out, default checkpoints/unet):
     unet.safetensors/.json                the EMA weights + config: what the app ships
-    unet.train_state.safetensors/.json    weights, EMA, optimiser moments, step: for --resume
+    unet.train_state.safetensors/.json    raw weights, optimiser moments, step: for --resume
+                                          (with the EMA weights above; each file stays under 15 MB)
     <log dir>/loss.csv, loss.png          the loss curve
     <log dir>/samples_epoch_NNN.png       a sample grid after every epoch
 Multi-GPU (or multi-process CPU):  torchrun --nproc_per_node N -m diffusion.train …
@@ -139,7 +140,7 @@ def main(argv=None) -> None:
     if resume:
         tensors = read_tensors(state_stem)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        ema.shadow = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")}
+        ema.shadow = {k: v.to(device) for k, v in read_tensors(args.out).items()}  # the shipped weights are the EMA
         ema.num_updates = config["training"]["steps"]
         _restore_optimizer(opt, tensors, saved["optimizer_param_groups"])
         if is_main:
@@ -195,8 +196,7 @@ def main(argv=None) -> None:
 def _save(out, state_stem, config, model, ema, opt) -> None:
     save_checkpoint(out, ema.shadow, config)
     optim_tensors, groups = _flatten_optimizer(opt)
-    tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
-               **{f"ema.{k}": v for k, v in ema.shadow.items()}, **optim_tensors}
+    tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **optim_tensors}
     save_checkpoint(state_stem, tensors, {**config, "kind": "diffusion-train-state", "optimizer_param_groups": groups})
 
 
