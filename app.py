@@ -204,8 +204,8 @@ def digit_from_file(path: str) -> np.ndarray:
                           f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, please")
         image.seek(0)
         image = _flatten_alpha(image.convert("RGBA")).convert("L")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, EOFError) as e:
-        raise invalid(f"that file is not an image this app can read (PNG, JPEG, GIF, WebP…): {e}") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, EOFError):
+        raise invalid("that file is not an image this app can read (PNG, JPEG, GIF, WebP…)") from None
     pixels = np.asarray(image)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if border.mean() > 127:  # dark ink on a light background: make it MNIST's light ink on black
@@ -214,7 +214,7 @@ def digit_from_file(path: str) -> np.ndarray:
     square = np.zeros((side, side), np.uint8)
     top, left = (side - pixels.shape[0]) // 2, (side - pixels.shape[1]) // 2
     square[top:top + pixels.shape[0], left:left + pixels.shape[1]] = pixels
-    return np.asarray(Image.fromarray(square).resize((28, 28), Image.BOX))
+    return np.array(Image.fromarray(square).resize((28, 28), Image.BOX))
 
 
 def _flatten_alpha(rgba: Image.Image) -> Image.Image:
@@ -589,6 +589,10 @@ class Classroom:
         return [(f"#{i}: a {y} (MNIST test image {k})", i)
                 for i, (y, k) in enumerate(zip(self.shipped_labels, self.shipped_test_index))]
 
+    def example_upload(self) -> np.ndarray:
+        """An example for the upload box (and the default of /load_image): a shipped digit, dark on white, 5× larger."""
+        return 255 - enlarge(self.shipped_images[20], 5)
+
     def shipped_digit(self, index):
         """x₀ = one of the real MNIST test digits shipped with the repo (index 0 … 29), enlarged."""
         i = whole_number("shipped digit index", index, 0, len(self.shipped_images) - 1)
@@ -787,7 +791,8 @@ def forward_tab(classroom: Classroom) -> dict:
         with gr.Column(scale=2):
             shipped = gr.Dropdown(classroom.shipped_choices(), value=0, label="A real MNIST test digit")
             with gr.Row():
-                upload = gr.Image(label="…or upload an image", type="filepath", sources=["upload", "clipboard"],
+                upload = gr.Image(classroom.example_upload(), label="…or upload an image (any size; dark ink on "
+                                  "white is inverted)", type="filepath", sources=["upload", "clipboard"],
                                   format="png", height=200, elem_id="upload")
                 with gr.Column():
                     sketch = gr.Sketchpad(value=np.zeros((280, 280, 3), np.uint8), canvas_size=(280, 280),

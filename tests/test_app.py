@@ -1,0 +1,450 @@
+"""The Gradio app, through gradio_client against the launched server: every endpoint with its
+defaults, results checked against the engine, bad input on every endpoint, and CLIP both
+unavailable (the usual case offline) and available (a tiny random open_clip model from a file)."""
+import json
+import re
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import open_clip
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from PIL import Image
+from safetensors.torch import save_file
+
+import app
+from diffusion.classifier import DEFAULT_CLASSIFIER
+from diffusion.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_UNET
+from diffusion.scoring import classifier_scores
+
+MISSING_CLIP = "/nonexistent/open_clip_model.safetensors"
+TINY_CLIP = "tiny-clip-app-test"
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+# --- launching -----------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_classroom(classroom: app.Classroom):
+    """Build and launch the app on a free port of 127.0.0.1; returns (demo, url)."""
+    demo = app.build_app(classroom)
+    port = free_port()
+    app.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    return demo, f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def classroom() -> app.Classroom:
+    """The shipped checkpoints; CLIP pointed at a missing file, so it is unavailable at once."""
+    return app.load_classroom(str(DEFAULT_UNET), str(DEFAULT_CLASSIFIER), None, MISSING_CLIP)
+
+
+@pytest.fixture(scope="module")
+def url(classroom):
+    demo, url = launch_classroom(classroom)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(url) -> Client:
+    return Client(url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_weights(tmp_path_factory) -> str:
+    """Register a tiny open_clip architecture in this process and save random weights for it."""
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(folder / f"{TINY_CLIP}.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_CLIP, pretrained=None)
+    path = folder / "tiny_clip.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def clip_classroom(classroom, tiny_clip_weights) -> app.Classroom:
+    """The same models, with CLIP = the tiny model from its weights file."""
+    return app.load_classroom(str(DEFAULT_UNET), str(DEFAULT_CLASSIFIER), TINY_CLIP, tiny_clip_weights)
+
+
+@pytest.fixture(scope="module")
+def clip_client(clip_classroom) -> Client:
+    demo, url = launch_classroom(clip_classroom)
+    yield Client(url, verbose=False)
+    demo.close()
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+def read_image(path) -> np.ndarray:
+    """An image file from the app as uint8 [H,W] (grey)."""
+    return np.asarray(Image.open(path).convert("L"))
+
+
+def shrink(image: np.ndarray, scale: int) -> np.ndarray:
+    """Undo the app's enlargement: every pixel is a scale×scale block."""
+    return image[::scale, ::scale]
+
+
+def gallery_images(gallery: list[dict], scale: int) -> np.ndarray:
+    return np.stack([shrink(read_image(item["image"]), scale) for item in gallery])
+
+
+def table_column(table: dict, header: str) -> list:
+    return [row[table["headers"].index(header)] for row in table["data"]]
+
+
+def assert_same_images(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to one grey level (float rounding differs between batch sizes)."""
+    assert a.shape == b.shape
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def generate(client: Client, **kwargs):
+    """(images uint8 [N,28,28], cards html, gallery, table, agreement text, disagreement html)."""
+    cards, gallery, table, agreement, disagreements = client.predict(api_name="/generate", **kwargs)
+    return gallery_images(gallery, app.SAMPLE_SCALE), cards, gallery, table, agreement, disagreements
+
+
+# --- Generate --------------------------------------------------------------------------------------------
+
+def test_every_endpoint_is_named_and_every_parameter_has_a_default(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    expected = {"/generate", "/guidance_sweep", "/clip_status", "/reverse_process", "/show_frame",
+                "/shipped_digit", "/load_image", "/load_drawing", "/forward_noising", "/noise_at_t"}
+    assert expected <= set(endpoints)
+    without_default = {name: [p["parameter_name"] for p in info["parameters"] if not p["parameter_has_default"]]
+                       for name, info in endpoints.items()}
+    assert {name: missing for name, missing in without_default.items() if missing} == {}
+
+
+def test_generate_defaults_give_ten_digits_scored_by_the_classifier(client, classroom):
+    images, cards, gallery, table, agreement, disagreements = generate(client)
+    digits = list(range(10))
+    assert images.shape == (10, 28, 28)
+    assert table_column(table, "asked") == digits
+    # The engine's own call with the engine's defaults gives the same images …
+    expected = classroom.pipe.generate(digits, guidance=DEFAULT_GUIDANCE, sampler=DEFAULT_SAMPLER,
+                                       steps=DEFAULT_STEPS, seed=0)
+    assert_same_images(images, expected)
+    # … and the table and captions carry the classifier's scores of exactly these images.
+    scores = classifier_scores(classroom.classifier, images, digits)
+    np.testing.assert_allclose(table_column(table, "classifier p(asked)"), scores.confidence_requested, atol=2e-3)
+    assert table_column(table, "classifier digit") == scores.predicted_digit.tolist()
+    for i, item in enumerate(gallery):
+        assert item["caption"].startswith(f"#{i + 1} · asked {i} · classifier sees {scores.predicted_digit[i]}")
+    assert cards.count("<img") == 10 and cards.count('class="sample-card"') == 10
+    # CLIP is unavailable here: said clearly, no CLIP columns, no disagreement cards.
+    assert "No CLIP scores" in agreement and "not found" in agreement
+    assert not any(h.startswith("CLIP") for h in table["headers"])
+    assert disagreements == ""
+
+
+def test_generate_is_reproducible_and_the_seed_matters(client):
+    first = generate(client, digit="7", samples_per_digit=3, seed=123)[0]
+    again = generate(client, digit="7", samples_per_digit=3, seed=123)[0]
+    other = generate(client, digit="7", samples_per_digit=3, seed=124)[0]
+    assert first.shape == (3, 28, 28)
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first.astype(int) - other.astype(int)).mean() > 1
+
+
+def test_generate_follows_every_sampler_and_setting(client, classroom):
+    for sampler, steps, guidance in (("ddim", 8, 0.0), ("ddpm", 20, 2.5), ("dpm++2m", 5, 8.0)):
+        images = generate(client, digit=4, samples_per_digit=2, guidance=guidance, sampler=sampler,
+                          steps=steps, seed=5)[0]
+        expected = classroom.pipe.generate([4, 4], guidance=guidance, sampler=sampler, steps=steps, seed=5)
+        assert_same_images(images, expected)
+
+
+def test_concurrent_generate_requests_all_succeed_with_their_own_results(url, classroom):
+    results, errors = {}, []
+
+    def ask(seed):
+        try:
+            results[seed] = generate(Client(url, verbose=False), digit="all", seed=seed)[0]
+        except Exception as e:  # collected and reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask, args=(seed,)) for seed in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == [] and sorted(results) == list(range(6))
+    for seed, images in results.items():
+        expected = classroom.pipe.generate(list(range(10)), guidance=DEFAULT_GUIDANCE, sampler=DEFAULT_SAMPLER,
+                                           steps=DEFAULT_STEPS, seed=seed)
+        assert_same_images(images, expected)
+
+
+def test_guidance_sweep_runs_each_w_with_the_same_seed_in_one_shared_batch(client, classroom):
+    before = len(classroom.sampler.batch_sizes)
+    plot, table = client.predict(digit="2", samples_per_digit=3, guidance_values_text="0, 1, 4",
+                                 steps=6, seed=9, api_name="/guidance_sweep")
+    assert list(classroom.sampler.batch_sizes)[before:] == [3]  # three w values, one batch
+    assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png;base64,")
+    rows = re.findall(r"^\| ([\d.]+) \| ([\d.]+)% \| (\d+)% \| ([\d.]+) \|$", table, flags=re.M)
+    assert [float(w) for w, *_ in rows] == [0.0, 1.0, 4.0]
+    for w, mean_confidence, _, diversity in rows:  # each row agrees with /generate at that w
+        images, *_, gen_table, _, _ = generate(client, digit="2", samples_per_digit=3, guidance=float(w),
+                                               steps=6, seed=9)
+        expected = np.mean(table_column(gen_table, "classifier p(asked)"))
+        assert float(mean_confidence) == pytest.approx(100 * expected, abs=0.2)
+        assert float(diversity) == pytest.approx(app.pixel_diversity(images, 3), abs=1e-3)
+
+
+def test_clip_status_says_why_clip_is_unavailable(client):
+    assert "CLIP unavailable" in client.predict(api_name="/clip_status")
+    assert MISSING_CLIP in client.predict(api_name="/clip_status")
+
+
+# --- Reverse process -------------------------------------------------------------------------------------
+
+def test_reverse_process_streams_every_frame_then_plot_gif_and_slider(client, classroom):
+    steps = 6
+    job = client.submit(digit="5", steps=steps, seed=3, api_name="/reverse_process")
+    final = job.result()
+    outputs = job.outputs()
+    # x_T first, then one frame per step, then the final message with the plot and the GIF.
+    assert len(outputs) == steps + 2
+    counters = [re.search(r"t = (\d+) / (\d+) · step (\d+) of (\d+)", out[2]).groups() for out in outputs[:-1]]
+    T = str(classroom.pipe.num_train_steps)
+    assert [c[2] for c in counters] == [str(i) for i in range(steps + 1)]
+    assert counters[0][:2] == (T, T) and counters[-1][0] == "0" and all(c[3] == str(steps) for c in counters)
+    assert all(out[3] is None or "update" in str(out[3]) for out in outputs[:-1])  # no plot re-sent per frame
+    x_t, x0, counter, plot, gif, slider = final  # (the session state is not part of the API)
+    last = shrink(read_image(x_t), app.FRAME_SCALE)
+    expected = classroom.pipe.generate([5], guidance=DEFAULT_GUIDANCE, sampler=DEFAULT_SAMPLER, steps=steps, seed=3)
+    assert_same_images(last[None], expected)
+    assert "first recognises the 5" in counter
+    assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png;base64,")
+    with Image.open(gif) as animation:
+        assert animation.n_frames == steps + 1
+        assert animation.size == (2 * (28 + 2) * app.GIF_SCALE + 2 * app.GIF_SCALE, (28 + 4) * app.GIF_SCALE)
+    assert (slider["maximum"], slider["value"], slider["interactive"]) == (steps, steps, True)
+
+
+def test_show_frame_scrubs_this_sessions_last_run(url):
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="run the reverse process first"):
+        client.predict(frame=0, api_name="/show_frame")
+    frames = client.submit(digit=1, steps=4, seed=0, api_name="/reverse_process")
+    frames.result()
+    streamed = frames.outputs()
+    for i in (0, 2, 4):
+        x_t, x0, counter = client.predict(frame=i, api_name="/show_frame")
+        assert f"step {i} of 4" in counter
+        np.testing.assert_array_equal(read_image(x_t), read_image(streamed[i][0]))
+        np.testing.assert_array_equal(read_image(x0), read_image(streamed[i][1]))
+    with pytest.raises(Exception, match="frame must be a whole number from 0 to 4"):
+        client.predict(frame=5, api_name="/show_frame")
+
+
+# --- Forward noising ---------------------------------------------------------------------------------------
+
+def test_forward_noising_defaults_show_x_t_the_strip_and_the_plot(client, classroom):
+    x_t, formula, strip, plot = client.predict(api_name="/forward_noising")
+    schedule = classroom.pipe.schedule
+    t = schedule.num_steps // 4  # the t slider's default
+    x0 = classroom.shipped_images[0]
+    noise = torch.randn((1, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    expected = app.to_uint8(schedule.q_sample(app.to_model_range(x0), torch.tensor([t]), noise))[0]
+    np.testing.assert_array_equal(shrink(read_image(x_t), app.FRAME_SCALE), expected)
+    assert f"**t = {t}:** ᾱ_t = {schedule.alpha_bar[t].item():.4f}" in formula
+    assert [item["caption"] for item in strip][0] == "t = 0" and len(strip) == app.STRIP_FRAMES
+    assert strip[-1]["caption"] == f"t = {schedule.num_steps}"
+    np.testing.assert_array_equal(shrink(read_image(strip[0]["image"]), app.SAMPLE_SCALE), x0)  # t = 0 is x₀
+    assert plot["type"] == "matplotlib"
+
+
+def test_noise_at_t_matches_forward_noising_for_every_schedule(client):
+    x0 = client.predict(index=13, api_name="/shipped_digit")
+    for schedule in ("linear", "cosine", "quadratic", "sigmoid"):
+        settings = dict(image=handle_file(x0), schedule=schedule, beta_start=1e-4, beta_end=0.03, num_steps=300,
+                        t=120, seed=4)
+        full_x_t, full_formula, _, _ = client.predict(api_name="/forward_noising", **settings)
+        fast_x_t, fast_formula = client.predict(api_name="/noise_at_t", **settings)
+        np.testing.assert_array_equal(read_image(full_x_t), read_image(fast_x_t))
+        assert full_formula == fast_formula
+
+
+def test_x0_from_shipped_digits_uploads_and_drawings(client, classroom, tmp_path):
+    shipped = client.predict(index=7, api_name="/shipped_digit")
+    np.testing.assert_array_equal(shrink(read_image(shipped), app.FRAME_SCALE), classroom.shipped_images[7])
+    # Uploads: the same digit 5× larger, as dark ink on white, and as dark ink on a transparent background.
+    digit = classroom.shipped_images[7]
+    Image.fromarray(255 - app.enlarge(digit, 5)).save(tmp_path / "dark_on_white.png")
+    ink = np.zeros((140, 140, 4), np.uint8)
+    ink[..., 3] = app.enlarge(digit, 5)  # black ink, its opacity = the digit
+    Image.fromarray(ink).save(tmp_path / "transparent.png")
+    for name in ("dark_on_white.png", "transparent.png"):
+        uploaded = client.predict(image=handle_file(str(tmp_path / name)), api_name="/load_image")
+        assert_same_images(shrink(read_image(uploaded), app.FRAME_SCALE), digit)
+    # A drawing: a vertical white stroke on the black canvas becomes a "1"-like x₀.
+    canvas = np.zeros((280, 280, 3), np.uint8)
+    canvas[40:240, 130:150] = 255
+    Image.fromarray(canvas).save(tmp_path / "drawing.png")
+    drawing = {"background": handle_file(str(tmp_path / "drawing.png")), "layers": [],
+               "composite": handle_file(str(tmp_path / "drawing.png")), "id": None}
+    drawn = shrink(read_image(client.predict(drawing=drawing, api_name="/load_drawing")), app.FRAME_SCALE)
+    np.testing.assert_array_equal(drawn, np.asarray(Image.fromarray(canvas[..., 0]).resize((28, 28), Image.BOX)))
+
+
+# --- How it works ------------------------------------------------------------------------------------------
+
+def test_how_it_works_reads_the_real_numbers_from_the_checkpoint(classroom):
+    text = app.how_it_works_markdown(classroom)
+    assert f"**{app.count_parameters(classroom.pipe.model):,} parameters**" in text
+    assert f"**T = {classroom.pipe.schedule.num_steps}**" in text and f"**{classroom.pipe.schedule.name}**" in text
+    assert "(1+w)" in text and "skip connections" in text.lower() and "time embedding" in text.lower()
+
+
+# --- bad input, on every endpoint ----------------------------------------------------------------------------
+
+BAD_INPUTS = [
+    ("/generate", {"digit": 12}, "digit must be a digit from 0 to 9 or 'all'"),
+    ("/generate", {"digit": "seven"}, "digit must be"),
+    ("/generate", {"guidance": -1}, "guidance w must be a finite number from 0 to 8"),
+    ("/generate", {"guidance": 1e9}, "guidance w must be a finite number"),
+    ("/generate", {"guidance": "strong"}, "guidance w must be a finite number"),
+    ("/generate", {"guidance": None}, "guidance w must be a finite number"),
+    ("/generate", {"steps": 0}, "steps for dpm++2m must be a whole number from 1 to 100"),
+    ("/generate", {"steps": 10**6}, "steps for dpm++2m must be a whole number"),
+    ("/generate", {"steps": 2.5}, "steps for dpm++2m must be a whole number"),
+    ("/generate", {"sampler": "euler"}, "sampler must be one of ddpm, ddim, dpm++2m"),
+    ("/generate", {"samples_per_digit": 11}, "samples per digit (at most 100 samples in all)"),
+    ("/generate", {"digit": 3, "samples_per_digit": 10**6}, "samples per digit"),
+    ("/generate", {"digit": 3, "samples_per_digit": 100, "steps": 100}, "too much work for one request"),
+    ("/generate", {"sampler": "ddpm", "steps": 10**4}, "steps for ddpm must be a whole number from 1 to"),
+    ("/generate", {"seed": -1}, "seed must be a whole number"),
+    ("/generate", {"seed": [1, 2]}, "seed must be a whole number"),
+    ("/generate", {"quality_prompts_text": "p\n" * 20}, "at most 8 quality prompts"),
+    ("/generate", {"quality_prompts_text": 42}, "quality prompts must be text"),
+    ("/guidance_sweep", {"guidance_values_text": "a, b"}, "guidance values must be numbers"),
+    ("/guidance_sweep", {"guidance_values_text": ""}, "give 1 to 8 guidance values"),
+    ("/guidance_sweep", {"guidance_values_text": "0 1 2 3 4 5 6 7 8"}, "give 1 to 8 guidance values"),
+    ("/guidance_sweep", {"guidance_values_text": "0, 100"}, "each guidance value w must be"),
+    ("/guidance_sweep", {"guidance_values_text": "nan"}, "each guidance value w must be"),
+    ("/guidance_sweep", {"samples_per_digit": 10, "steps": 100}, "too much work for one request"),
+    ("/reverse_process", {"digit": "all"}, "digit must be a digit from 0 to 9, got 'all'"),
+    ("/reverse_process", {"steps": 0}, "steps for dpm++2m must be a whole number"),
+    ("/reverse_process", {"guidance": float("-inf")}, None),  # refused by the client: JSON has no infinity
+    ("/shipped_digit", {"index": 30}, "shipped digit index must be a whole number from 0 to 29"),
+    ("/shipped_digit", {"index": "a"}, "shipped digit index must be a whole number"),
+    ("/forward_noising", {"schedule": "exponential"}, "schedule must be one of linear, cosine, quadratic, sigmoid"),
+    ("/forward_noising", {"schedule": "linear", "beta_start": 0.02, "beta_end": 0.01}, "need 0 < beta_start < beta_end < 1"),
+    ("/forward_noising", {"beta_end": 2}, "β end must be a finite number from 0 to 1"),
+    ("/forward_noising", {"num_steps": 0}, "T must be a whole number from 1 to 1000"),
+    ("/forward_noising", {"num_steps": 10**6}, "T must be a whole number from 1 to 1000"),
+    ("/forward_noising", {"num_steps": 100, "t": 101}, "t (with T = 100) must be a whole number from 0 to 100"),
+    ("/noise_at_t", {"t": -3}, "must be a whole number from 0 to"),
+    ("/noise_at_t", {"seed": "lucky"}, "seed must be a whole number"),
+    ("/load_drawing", {"drawing": {"composite": None}}, "drawing must be an image file"),
+]
+
+
+@pytest.mark.parametrize("api_name,kwargs,message", BAD_INPUTS,
+                         ids=[f"{a}-{'-'.join(map(str, k))}" for a, k, _ in BAD_INPUTS])
+def test_bad_input_gets_a_clear_error(client, api_name, kwargs, message):
+    with pytest.raises(Exception) as error:
+        client.predict(api_name=api_name, **kwargs)
+    if message is not None:
+        assert message in str(error.value)
+
+
+def raw_call(url: str, api_name: str, body: str) -> tuple[str, str]:
+    """POST a raw JSON body to /gradio_api/call/<name> and read the event stream: (last event, its data)."""
+    posted = httpx.post(f"{url}gradio_api/call/{api_name}", content=body, headers={"content-type": "application/json"})
+    posted.raise_for_status()
+    with httpx.stream("GET", f"{url}gradio_api/call/{api_name}/{posted.json()['event_id']}", timeout=120) as stream:
+        events = re.findall(r"event: (\w+)\ndata: (.*)", "".join(stream.iter_text()))
+    return events[-1]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_guidance_sent_as_raw_json_is_refused(url, value):
+    event, data = raw_call(url, "generate", f'{{"data": ["all", 1, {value}, "dpm++2m", 10, 0, ""]}}')
+    assert event == "error" and "guidance w must be a finite number" in data
+
+
+def test_wrong_number_of_values_is_refused(url):
+    event, data = raw_call(url, "generate", '{"data": ["all"]}')
+    assert event == "error"
+
+
+def test_uploads_that_are_not_images_or_are_huge_are_refused(client, url, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(Exception, match="not an image this app can read"):
+        client.predict(image=handle_file(str(text)), api_name="/load_image")
+    with pytest.raises(Exception, match="not an image this app can read"):
+        client.predict(image=handle_file(str(text)), api_name="/forward_noising")
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((6000, 6000), np.uint8)).save(wide)  # 36 megapixels in a small file
+    with pytest.raises(Exception, match="6000×6000 pixels; at most 25 megapixels"):
+        client.predict(image=handle_file(str(wide)), api_name="/load_image")
+    big = tmp_path / "big.png"  # over the 10 MB upload limit: noise does not compress
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 10 * 2**20
+    with pytest.raises(Exception, match="exceeds the maximum file size"):  # the client checks first …
+        client.predict(image=handle_file(str(big)), api_name="/load_image")
+    with big.open("rb") as f:  # … and the server refuses it too
+        response = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.png", f, "image/png")})
+    assert response.status_code == 413
+
+
+def test_the_server_keeps_serving_after_bad_input(client):
+    for api_name, kwargs, _ in BAD_INPUTS[:5]:
+        with pytest.raises(Exception):
+            client.predict(api_name=api_name, **kwargs)
+    images = generate(client, digit="0", seed=1)[0]
+    assert images.shape == (1, 28, 28)
+
+
+# --- CLIP available ----------------------------------------------------------------------------------------
+
+def wait_for_clip(client: Client, timeout_s: float = 120) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = client.predict(api_name="/clip_status")
+        if "loading" not in status and "not loaded" not in status:
+            return status
+        assert time.monotonic() < deadline, f"CLIP still not loaded: {status}"
+        time.sleep(0.5)
+
+
+def test_clip_scores_appear_beside_the_samples_when_clip_is_available(clip_client, clip_classroom):
+    assert "ready" in wait_for_clip(clip_client)
+    prompts = "a sharp digit\na smudge"
+    images, cards, gallery, table, agreement, disagreements = generate(
+        clip_client, digit="all", seed=2, quality_prompts_text=prompts)
+    digits = list(range(10))
+    scorer = clip_classroom.clip.get()
+    expected = scorer.score(images, digits, ("a sharp digit", "a smudge"))
+    np.testing.assert_allclose(table_column(table, "CLIP p(asked)"), expected.prob_requested, atol=2e-3)
+    np.testing.assert_allclose(table_column(table, "CLIPScore"), expected.clip_score, atol=0.06)
+    np.testing.assert_allclose(table_column(table, "CLIP p(a smudge)"), expected.quality_probs[:, 1], atol=2e-3)
+    assert table_column(table, "CLIP digit") == expected.predicted_digit.tolist()
+    assert all("CLIP sees" in item["caption"] for item in gallery)
+    assert cards.count("CLIPScore") == 10
+    # The agreement panel counts the samples where the two digits match, and shows the others.
+    same = sum(a == b for a, b in zip(table_column(table, "CLIP digit"), table_column(table, "classifier digit")))
+    assert f"matches the classifier's on {same} of 10 samples" in agreement
+    assert disagreements.count('class="sample-card"') == 10 - same
