@@ -421,7 +421,7 @@ def confidence_figure(run: ReverseRun) -> Figure:
             ax.annotate(f"recognisable: step {i}, t = {run.t[i]}", (i, RECOGNISABLE), color=color, fontsize=8,
                         xytext=(4, -14 if start else 6), textcoords="offset points")
     ax.axhline(RECOGNISABLE, color="gray", linestyle=":", linewidth=1)
-    ticks = np.unique(np.linspace(0, len(run) - 1, min(len(run), 8)).round().astype(int))
+    ticks = np.unique(np.linspace(0, len(run) - 1, min(len(run), 12)).round().astype(int))
     ax.set_xticks(ticks, [f"{i}\nt={run.t[i]}" for i in ticks])
     ax.set(xlabel="step (t counts down from T to 0)", ylabel=f"p(it is a {run.digit})", ylim=(-0.02, 1.05),
            title=f"When does the classifier recognise the {run.digit}?")
@@ -818,6 +818,7 @@ def forward_tab(classroom: Classroom) -> dict:
         plot = gr.Plot(label="ᾱ(t) and log-SNR for every schedule", show_label=False, format="png",
                        elem_id="schedule-plot", scale=2)
     strip = gr.Gallery(label="x_t at evenly spaced t", columns=STRIP_FRAMES, height=170, format="png",
+                       object_fit="contain",
                        elem_classes="pixels", elem_id="strip")
 
     light = {"preprocess": False, "concurrency_id": "light", "concurrency_limit": LIGHT_CONCURRENCY}

@@ -1,0 +1,164 @@
+"""The app in a real browser (Debian's chromium driven by playwright): `python app.py` is started
+the way a Space starts it (port from $PORT), each tab is opened, each action triggered, and the
+images and plots are checked to have rendered. Screenshots go to test-artifacts/."""
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+WAIT_MS = 120_000  # generous: the suite may share 2 cores with training
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url():
+    """`python app.py` on a free port given through $PORT; CLIP pointed at a missing file (unavailable)."""
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "HF_HUB_OFFLINE": "1",
+           "GRADIO_ANALYTICS_ENABLED": "False", "DIFFUSION_CLIP_PRETRAINED": "/nonexistent/clip.safetensors"}
+    env.pop("GRADIO_SERVER_PORT", None)
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / "app.log", "w")
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None, f"app.py exited with {server.returncode}; see {ARTIFACTS / 'app.log'}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "app.py did not serve within 120 s"
+        time.sleep(0.2)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, url):
+    """A fresh page on the app; fails the test on uncaught page errors or requests outside 127.0.0.1."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    errors, outside = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else outside.append(r.url))
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url)
+    page.wait_for_selector("#clip-status")
+    yield page
+    context.close()
+    assert errors == [], errors
+    assert outside == [], f"the page asked for resources outside the app: {outside}"
+
+
+def rendered_images(page, selector: str) -> int:
+    """How many <img> under `selector` have loaded with a real size."""
+    return page.eval_on_selector_all(f"{selector} img", "imgs => imgs.filter(i => i.complete && i.naturalWidth > 0).length")
+
+
+def wait_rendered(page, selector: str, at_least: int = 1) -> None:
+    page.wait_for_function(
+        "([sel, n]) => [...document.querySelectorAll(sel + ' img')].filter(i => i.complete && i.naturalWidth > 0).length >= n",
+        arg=[selector, at_least])
+
+
+def image_source(page, selector: str) -> str:
+    return page.eval_on_selector(f"{selector} img", "img => img.src")
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_generate_tab_samples_scores_agreement_and_sweep(page):
+    page.get_by_role("button", name="Generate", exact=True).click()
+    wait_rendered(page, "#sample-cards", 10)
+    assert page.locator("#sample-cards .sample-card").count() == 10
+    assert page.locator("#sample-cards").inner_text().count("classifier: sees a") == 10
+    page.wait_for_function("() => document.querySelector('#clip-status').innerText.includes('CLIP unavailable')")
+    assert "No CLIP scores" in page.locator("#agreement").inner_text()
+    page.get_by_role("button", name="Run guidance sweep").click()
+    wait_rendered(page, "#sweep-plot")
+    assert page.locator("#sweep-table table tr").count() == 1 + 6  # header + the six default values of w
+    shot(page, "generate")
+
+
+def test_reverse_process_tab_animates_then_scrubs(page):
+    page.get_by_role("tab", name="Reverse process").click()
+    page.get_by_role("button", name="Run the reverse process").click()
+    page.wait_for_function("() => /step \\d+ of \\d+/.test(document.querySelector('#step-counter').innerText)")
+    wait_rendered(page, "#x-t")
+    wait_rendered(page, "#confidence-plot")  # the plot arrives with the last frame
+    counter = page.locator("#step-counter").inner_text()
+    assert "t = 0 /" in counter and "first recognises" in counter
+    wait_rendered(page, "#x0-hat")
+    assert page.locator("#gif a").first.get_attribute("href").endswith(".gif")
+    last_frame = image_source(page, "#x-t")
+    page.locator("#scrubber input[type=range]").fill("2")
+    page.wait_for_function("() => document.querySelector('#step-counter').innerText.includes('step 2 of')")
+    page.wait_for_function("old => document.querySelector('#x-t img').src !== old", arg=last_frame)
+    wait_rendered(page, "#x-t")
+    shot(page, "reverse_process")
+
+
+def test_forward_noising_tab_slider_strip_plot_and_drawing(page):
+    page.get_by_role("tab", name="Forward noising").click()
+    wait_rendered(page, "#forward-x-t")
+    wait_rendered(page, "#strip", 8)
+    wait_rendered(page, "#schedule-plot")
+    before = image_source(page, "#forward-x-t")
+    page.locator("#t-slider input[type=range]").fill("400")
+    page.wait_for_function("() => document.querySelector('#forward-formula').innerText.includes('t = 400')")
+    page.wait_for_function("old => document.querySelector('#forward-x-t img').src !== old", arg=before)
+    wait_rendered(page, "#forward-x-t")
+    # Draw a stroke on the sketchpad and use it as x₀.
+    x0_before = image_source(page, "#x0")
+    canvas = page.locator("#sketch canvas").first.bounding_box()
+    page.mouse.move(canvas["x"] + canvas["width"] * 0.5, canvas["y"] + canvas["height"] * 0.2)
+    page.mouse.down()
+    page.mouse.move(canvas["x"] + canvas["width"] * 0.5, canvas["y"] + canvas["height"] * 0.8, steps=12)
+    page.mouse.up()
+    page.get_by_role("button", name="Use my drawing").click()
+    page.wait_for_function("old => document.querySelector('#x0 img').src !== old", arg=x0_before)
+    wait_rendered(page, "#x0")
+    shot(page, "forward_noising")
+
+
+def test_how_it_works_tab_shows_formulas_and_the_models_numbers(page):
+    page.get_by_role("tab", name="How it works").click()
+    text = page.get_by_text("The model in this app").locator("xpath=..").inner_text()
+    assert "parameters" in text and "T = " in text
+    assert page.locator(".katex").count() >= 5  # the formulas are typeset (KaTeX ships with gradio)
+    shot(page, "how_it_works")
