@@ -14,6 +14,10 @@ whether it ran alone or beside others (up to float rounding). Only *deterministi
 are shared (dpm++2m, and ddim with eta = 0): ddpm draws fresh noise at every step from the
 request's generator, so a ddpm request always runs on its own.
 
+Identical requests (same digits, w, sampler, steps and seed: the request's `key`) are computed
+once: a request identical to one still running shares its result, and the last results are
+kept (a classroom where everyone clicks "Generate" with the default seed costs one batch).
+
     >>> sampler = BatchingSampler(pipe.model, pipe.schedule)
     >>> request = seeded_request([3, 3, 7], guidance=1.0, sampler="dpm++2m", steps=10, seed=0)
     >>> [images] = sampler.run([request])        # uint8 [3,28,28], same as pipe.generate(...)
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -34,7 +38,9 @@ from .data import to_uint8
 from .sampling import SamplerStep, sample, sample_steps
 from .schedules import NoiseSchedule
 
-DEFAULT_MAX_BATCH_SAMPLES = 100  # samples per shared batch; larger batches are no faster per sample on a CPU
+DEFAULT_MAX_BATCH_SAMPLES = 50  # samples per shared batch: larger batches are no faster per sample on a CPU,
+                                # and smaller ones let the first requests finish earlier
+DEFAULT_CACHE_SIZE = 256        # finished results kept for identical requests (≤ 100 × 784 bytes each)
 
 
 @dataclass
@@ -42,7 +48,8 @@ class SampleRequest:
     """One request: N samples with their own labels, guidance and starting noise.
 
     labels: int64 [N] digits 0..9; guidance: float32 [N] w per sample; x_T: float32 [N,1,28,28];
-    generator: the request's generator *after* drawing x_T (its per-step noise, for ddpm and ddim eta > 0).
+    generator: the request's generator *after* drawing x_T (its per-step noise, for ddpm and ddim eta > 0);
+    key: what fixes the result (equal keys give equal images), or None: such requests are never shared.
     """
 
     labels: torch.Tensor
@@ -52,6 +59,7 @@ class SampleRequest:
     steps: int
     eta: float = 0.0
     generator: torch.Generator | None = None
+    key: tuple | None = None
 
     @property
     def num_samples(self) -> int:
@@ -78,13 +86,41 @@ def seeded_request(digits: Sequence[int], *, guidance: float, sampler: str, step
     x_T = torch.randn((len(digits), 1, 28, 28), generator=generator)
     return SampleRequest(labels=torch.tensor(list(digits), dtype=torch.long),
                          guidance=torch.full((len(digits),), float(guidance)),
-                         x_T=x_T, sampler=sampler, steps=steps, eta=eta, generator=generator)
+                         x_T=x_T, sampler=sampler, steps=steps, eta=eta, generator=generator,
+                         key=(tuple(digits), float(guidance), sampler, steps, int(seed), float(eta)))
 
 
 def request_steps(model: torch.nn.Module, schedule: NoiseSchedule, request: SampleRequest) -> Iterator[SamplerStep]:
-    """Run one request on its own, yielding every step (for animations of the reverse process)."""
-    return sample_steps(model, schedule, request.labels, guidance=request.guidance, sampler=request.sampler,
-                        steps=request.steps, eta=request.eta, generator=request.generator, x_T=request.x_T)
+    """Run one request on its own, yielding every step (for animations of the reverse process).
+
+    The sampling loop runs in a thread of its own and hands each step over through a queue.
+    torch's inference mode is a per-thread setting that `sample_steps` enters once, and a web
+    server may resume a generator from a different worker thread at every step; in one thread
+    the loop is always in inference mode. Closing this generator early stops the loop.
+    """
+    handover: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for step in sample_steps(model, schedule, request.labels, guidance=request.guidance,
+                                     sampler=request.sampler, steps=request.steps, eta=request.eta,
+                                     generator=request.generator, x_T=request.x_T):
+                handover.put(step)
+                if stop.is_set():
+                    break
+            handover.put(None)
+        except Exception as error:  # re-raised in the consumer's thread
+            handover.put(error)
+
+    threading.Thread(target=produce, name="request-steps", daemon=True).start()
+    try:
+        while (item := handover.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def sample_together(model: torch.nn.Module, schedule: NoiseSchedule,
@@ -132,25 +168,45 @@ class BatchingSampler:
     """
 
     def __init__(self, model: torch.nn.Module, schedule: NoiseSchedule,
-                 max_batch_samples: int = DEFAULT_MAX_BATCH_SAMPLES):
+                 max_batch_samples: int = DEFAULT_MAX_BATCH_SAMPLES, cache_size: int = DEFAULT_CACHE_SIZE):
         self.model, self.schedule, self.max_batch_samples = model, schedule, max_batch_samples
+        self.cache_size = cache_size
         self.batch_sizes: deque[int] = deque(maxlen=1000)
         self._waiting: queue.SimpleQueue = queue.SimpleQueue()  # lists of (request, future)
+        self._lock = threading.Lock()  # guards the two dicts below and the worker's start
+        self._running: dict[tuple, Future] = {}                    # key -> future of a request not yet done
+        self._finished: OrderedDict[tuple, np.ndarray] = OrderedDict()  # key -> images, least recent first
         self._worker: threading.Thread | None = None
-        self._start_lock = threading.Lock()
 
     def run(self, requests: Sequence[SampleRequest]) -> list[np.ndarray]:
-        """Samples for each request, uint8 [N_i,28,28]; the requests are queued together."""
-        jobs = [(request, Future()) for request in requests]
-        self._ensure_worker()
-        self._waiting.put(jobs)
-        return [future.result() for _, future in jobs]
-
-    def _ensure_worker(self) -> None:
-        with self._start_lock:
-            if self._worker is None:
+        """Samples for each request, uint8 [N_i,28,28]; new requests are queued together."""
+        futures, jobs = [], []
+        with self._lock:
+            for request in requests:
+                future = self._known_future(request.key)
+                if future is None:
+                    future = Future()
+                    jobs.append((request, future))
+                    if request.key is not None:
+                        self._running[request.key] = future
+                futures.append(future)
+            if jobs and self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="batching-sampler", daemon=True)
                 self._worker.start()
+        if jobs:
+            self._waiting.put(jobs)
+        return [future.result().copy() for future in futures]  # copies: callers may change their arrays
+
+    def _known_future(self, key: tuple | None) -> Future | None:
+        """A future for an identical request that is running or finished, or None (call with the lock held)."""
+        if key is None:
+            return None
+        if key in self._finished:
+            self._finished.move_to_end(key)
+            future = Future()
+            future.set_result(self._finished[key])
+            return future
+        return self._running.get(key)
 
     def _take_waiting(self) -> list[tuple[SampleRequest, Future]]:
         """Block for the next job list, then take every other list already waiting."""
@@ -172,8 +228,17 @@ class BatchingSampler:
         try:
             results = sample_together(self.model, self.schedule, [request for request, _ in jobs])
         except Exception as error:  # the requesters see it; the worker keeps serving
-            for _, future in jobs:
-                future.set_exception(error)
-            return
+            results = [error] * len(jobs)
+        with self._lock:
+            for (request, _), images in zip(jobs, results):
+                if request.key is not None:
+                    self._running.pop(request.key, None)
+                    if not isinstance(images, Exception):
+                        self._finished[request.key] = images
+            while len(self._finished) > self.cache_size:
+                self._finished.popitem(last=False)
         for (_, future), images in zip(jobs, results):
-            future.set_result(images)
+            if isinstance(images, Exception):
+                future.set_exception(images)
+            else:
+                future.set_result(images)

@@ -245,7 +245,7 @@ def test_show_frame_scrubs_this_sessions_last_run(url):
     client = Client(url, verbose=False)
     with pytest.raises(Exception, match="run the reverse process first"):
         client.predict(frame=0, api_name="/show_frame")
-    frames = client.submit(digit=1, steps=4, seed=0, api_name="/reverse_process")
+    frames = client.submit(digit=1, guidance=0, steps=4, seed=0, api_name="/reverse_process")
     frames.result()
     streamed = frames.outputs()
     for i in (0, 2, 4):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.batching import BatchingSampler, SampleRequest, plan_batches, sample_together, seeded_request
+from diffusion.batching import (BatchingSampler, SampleRequest, plan_batches, request_steps, sample_together,
+                                seeded_request)
 from diffusion.model import build_unet
 from diffusion.pipeline import DigitDiffusion
 from diffusion.schedules import NoiseSchedule
@@ -100,12 +101,67 @@ def test_the_worker_batches_waiting_requests_and_serves_many_threads(pipe):
     assert sum(list(sampler.batch_sizes)[1:]) == 8
 
 
+def test_identical_requests_are_computed_once_and_kept(pipe):
+    sampler = BatchingSampler(pipe.model, pipe.schedule, cache_size=2)
+    same = [seeded_request([3, 8], guidance=1.0, sampler="dpm++2m", steps=4, seed=5) for _ in range(4)]
+    results = sampler.run(same)  # four identical requests at once: one computation
+    assert list(sampler.batch_sizes) == [1]
+    for images in results[1:]:
+        np.testing.assert_array_equal(images, results[0])
+    results[0][:] = 0  # every caller gets its own copy
+    [again] = sampler.run([seeded_request([3, 8], guidance=1.0, sampler="dpm++2m", steps=4, seed=5)])
+    assert list(sampler.batch_sizes) == [1]  # served from the kept results
+    assert_same_images(again, pipe.generate([3, 8], guidance=1.0, sampler="dpm++2m", steps=4, seed=5))
+    for seed in (6, 7):  # two more results push the oldest out of a cache of 2
+        sampler.run([seeded_request([3, 8], guidance=1.0, sampler="dpm++2m", steps=4, seed=seed)])
+    sampler.run([seeded_request([3, 8], guidance=1.0, sampler="dpm++2m", steps=4, seed=5)])
+    assert list(sampler.batch_sizes) == [1, 1, 1, 1]
+    different = [seeded_request([3, 8], guidance=w, sampler="dpm++2m", steps=4, seed=5) for w in (1.0, 2.0)]
+    sampler.run(different)
+    assert list(sampler.batch_sizes)[-1] == 1  # w = 1 is kept; only w = 2 is new
+
+
 def test_a_failing_batch_reports_its_error_and_the_worker_keeps_serving(pipe):
     sampler = BatchingSampler(pipe.model, pipe.schedule)
     bad = seeded_request([1], guidance=1.0, sampler="dpm++2m", steps=3, seed=0)
     bad.labels = torch.tensor([12])  # not a digit: the network's one-hot encoding fails
     with pytest.raises(RuntimeError):
         sampler.run([bad])
+    with pytest.raises(RuntimeError):  # a failure is not kept: the same request is tried again
+        sampler.run([bad])
+    assert list(sampler.batch_sizes) == [1, 1]
     good = seeded_request([2], guidance=1.0, sampler="dpm++2m", steps=3, seed=0)
     [images] = sampler.run([good])
     assert_same_images(images, pipe.generate([2], guidance=1.0, sampler="dpm++2m", steps=3, seed=0))
+
+
+def test_request_steps_can_be_resumed_from_any_thread(pipe):
+    """A web server resumes a streaming generator from changing worker threads; every step still works
+    (torch's inference mode is per thread) and the steps equal the engine's own loop."""
+    request = seeded_request([6], guidance=0.0, sampler="ddpm", steps=5, seed=2)  # w = 0: x goes straight into a conv
+    steps = request_steps(pipe.model, pipe.schedule, request)
+    collected = []
+
+    def advance():
+        collected.append(next(steps))
+
+    for _ in range(5):
+        worker = threading.Thread(target=advance)
+        worker.start()
+        worker.join(timeout=60)
+    assert [s.index for s in collected] == [1, 2, 3, 4, 5]
+    expected = list(pipe.denoising_steps([6], guidance=0.0, sampler="ddpm", steps=5, seed=2))
+    for got, want in zip(collected, expected):
+        torch.testing.assert_close(got.x, want.x)
+        torch.testing.assert_close(got.x0, want.x0)
+    assert next(steps, None) is None
+
+
+def test_request_steps_reports_errors_and_stops_when_closed(pipe):
+    bad = seeded_request([1], guidance=1.0, sampler="dpm++2m", steps=3, seed=0)
+    bad.labels = torch.tensor([12])
+    with pytest.raises(RuntimeError):
+        list(request_steps(pipe.model, pipe.schedule, bad))
+    steps = request_steps(pipe.model, pipe.schedule, seeded_request([1], guidance=1.0, sampler="ddpm", steps=40, seed=0))
+    assert next(steps).index == 1
+    steps.close()  # the loop's thread sees the stop flag after its current step
