@@ -122,6 +122,17 @@ def generate(client: Client, **kwargs):
     return gallery_images(gallery, app.SAMPLE_SCALE), cards, gallery, table, agreement, disagreements
 
 
+def wait_for_clip(client: Client, timeout_s: float = 120) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = client.predict(api_name="/clip_status")
+        if "loading" not in status and "not loaded" not in status:
+            return status
+        assert time.monotonic() < deadline, f"CLIP still not loaded: {status}"
+        time.sleep(0.5)
+
+
+
 # --- Generate --------------------------------------------------------------------------------------------
 
 def test_every_endpoint_is_named_and_every_parameter_has_a_default(client):
@@ -135,6 +146,7 @@ def test_every_endpoint_is_named_and_every_parameter_has_a_default(client):
 
 
 def test_generate_defaults_give_ten_digits_scored_by_the_classifier(client, classroom):
+    assert "CLIP unavailable" in wait_for_clip(client)  # it fails at once (missing file), but in the background
     images, cards, gallery, table, agreement, disagreements = generate(client)
     digits = list(range(10))
     assert images.shape == (10, 28, 28)
@@ -419,16 +431,6 @@ def test_the_server_keeps_serving_after_bad_input(client):
 
 
 # --- CLIP available ----------------------------------------------------------------------------------------
-
-def wait_for_clip(client: Client, timeout_s: float = 120) -> str:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = client.predict(api_name="/clip_status")
-        if "loading" not in status and "not loaded" not in status:
-            return status
-        assert time.monotonic() < deadline, f"CLIP still not loaded: {status}"
-        time.sleep(0.5)
-
 
 def test_clip_scores_appear_beside_the_samples_when_clip_is_available(clip_client, clip_classroom):
     assert "ready" in wait_for_clip(clip_client)
