@@ -32,12 +32,12 @@ import threading  # noqa: E402
 import uuid  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from diffusion import pipeline as engine  # noqa: E402  (DEFAULT_GUIDANCE/SAMPLER/STEPS are read from here)
@@ -50,6 +50,9 @@ from diffusion.sampling import SAMPLERS  # noqa: E402
 from diffusion.schedules import SCHEDULE_NAMES, NoiseSchedule  # noqa: E402
 from diffusion.scoring import (DEFAULT_QUALITY_PROMPTS, ClassifierScores, ClipScores, ClipUnavailable,  # noqa: E402
                                LazyClip, agreement, classifier_scores)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # --- Limits: they bound the work one request can cause on a 2-core machine (the UI states them) ------
 MAX_SAMPLES = 100          # samples per request
@@ -69,6 +72,7 @@ LIGHT_CONCURRENCY = 4           # forward noising, frames, status: milliseconds 
 
 # --- Display -------------------------------------------------------------------------------------------
 SAMPLE_SCALE = 4   # 28 px -> 112 px in galleries
+GRID_SCALE = 2     # the downloadable grid of samples
 FRAME_SCALE = 8    # 28 px -> 224 px for x_t, x̂0 and x_0
 GIF_SCALE, GIF_MAX_FRAMES, GIF_FRAME_MS, GIF_LAST_FRAME_MS = 4, 100, 80, 1500
 STRIP_FRAMES = 8
@@ -86,6 +90,7 @@ CSS = """
 """
 THEME = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])  # no web fonts
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
+PLOT_FOLDER = Path(tempfile.mkdtemp(prefix="mnist-diffusion-plots-"))  # cached schedule plots (at most 32)
 
 
 # ======================================================================================================
@@ -242,9 +247,24 @@ def noise_schedule(name: str, num_steps: int, beta_start: float, beta_end: float
         raise invalid(str(e)) from None
 
 
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure (inches), drawn off-screen; matplotlib is imported on first use (faster start)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+@functools.lru_cache(maxsize=32)
+def schedule_plot(chosen: str, num_steps: int, beta_start: float, beta_end: float) -> str:
+    """The schedules plot as a PNG file, drawn once per setting (every page load shows the default one)."""
+    path = PLOT_FOLDER / f"schedules-{uuid.uuid4().hex[:8]}.png"
+    schedule_figure(chosen, num_steps, beta_start, beta_end).savefig(path, dpi=100)
+    return str(path)
+
+
 def schedule_figure(chosen: str, num_steps: int, beta_start: float, beta_end: float) -> Figure:
     """ᾱ(t) and log-SNR(t) for every schedule (same T and β range), the chosen one drawn thick."""
-    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    fig = new_figure(9, 3.2)
     ax_bar, ax_snr = fig.subplots(1, 2)
     t = np.arange(num_steps + 1)
     for name in SCHEDULE_NAMES:
@@ -263,7 +283,7 @@ def sweep_figure(ws: list[float], grids: list[np.ndarray], captions: list[str]) 
     """The guidance sweep: one row of samples per w (the same seed, so columns match), each row
     labelled with w and its scores. grids: uint8 [H,W] pictures of equal size."""
     height, width = grids[0].shape
-    fig = Figure(figsize=(1.6 + width / 60, 0.3 + len(ws) * (height / 60 + 0.15)), layout="constrained")
+    fig = new_figure(1.6 + width / 60, 0.3 + len(ws) * (height / 60 + 0.15))
     for ax, w, grid, caption in zip(np.atleast_1d(fig.subplots(len(ws), 1)), ws, grids, captions):
         ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_ylabel(f"w = {w:g}\n{caption}", rotation=0, ha="right", va="center", fontsize=9)
@@ -290,16 +310,6 @@ def png_data_uri(image: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def sample_caption(i: int, digit: int, scores: Scores) -> str:
-    """One line of text with sample i's scores (gallery captions)."""
-    c = scores.classifier
-    text = f"#{i + 1} · asked {digit} · classifier sees {c.predicted_digit[i]}, p({digit}) = {c.confidence_requested[i]:.0%}"
-    if scores.clip is not None:
-        k = scores.clip
-        text += f" · CLIP sees {k.predicted_digit[i]}, p({digit}) = {k.prob_requested[i]:.0%}, CLIPScore {k.clip_score[i]:.0f}"
-    return text
 
 
 def sample_cards(images: np.ndarray, digits: list[int], scores: Scores, indices) -> str:
@@ -408,7 +418,7 @@ def recognition_summary(run: ReverseRun) -> str:
 def confidence_figure(run: ReverseRun) -> Figure:
     """The classifier's confidence in the asked digit for x_t and x̂0 at every step; the first
     recognisable step of each is marked."""
-    fig = Figure(figsize=(7, 3.2), layout="constrained")
+    fig = new_figure(7, 3.2)
     ax = fig.subplots()
     frames = np.arange(len(run))
     for name, confidences, start, color in (("x_t (the noisy image)", run.confidence_x_t, 0, "tab:blue"),
@@ -505,17 +515,17 @@ class Classroom:
 
     # --- Generate tab --------------------------------------------------------------------------------
     def generate(self, digit, samples_per_digit, guidance, sampler, steps, seed, quality_prompts_text):
-        """The samples with their scores beside them (HTML), the samples as images (a gallery with the scores
-        as captions), the scores table, and the agreement panel (text and the samples CLIP disagrees on)."""
+        """The samples with their scores beside them (HTML), all samples in one image (sample i at row i // 10,
+        column i % 10 of a grid of 28×28 cells with 2-pixel gaps, enlarged ×2), the scores table, and the
+        agreement panel (text, and the samples where CLIP and the classifier disagree)."""
         settings = self.settings(digit, samples_per_digit, guidance, sampler, steps, seed)
         prompts = quality_prompts(quality_prompts_text)
         [images] = self.sampler.run([settings.request()])
         scores = self.score(images, settings.digits, prompts)
-        gallery = [(enlarge(image, SAMPLE_SCALE), sample_caption(i, d, scores))
-                   for i, (image, d) in enumerate(zip(images, settings.digits))]
         cards = sample_cards(images, settings.digits, scores, range(len(images)))
         agreement_text, disagreements = agreement_panel(images, settings.digits, scores)
-        return cards, gallery, scores_table(settings.digits, scores), agreement_text, disagreements
+        grid = enlarge(grid_image(images, nrow=10), GRID_SCALE)
+        return cards, grid, scores_table(settings.digits, scores), agreement_text, disagreements
 
     def guidance_sweep(self, digit, samples_per_digit, guidance_values_text, sampler, steps, seed):
         """The same seed at several w, side by side (a figure), and a table of fidelity and diversity."""
@@ -615,7 +625,7 @@ class Classroom:
                                         noise.expand(len(strip_t), -1, -1, -1)))
         x_t, formula = self.noisy(x0, sched, t, noise)
         return (x_t, formula, [(enlarge(img, SAMPLE_SCALE), f"t = {s}") for img, s in zip(strip, strip_t)],
-                schedule_figure(sched.name, sched.num_steps, sched.beta_start, sched.beta_end))
+                schedule_plot(sched.name, sched.num_steps, sched.beta_start, sched.beta_end))
 
     def noise_at_t(self, image, schedule, beta_start, beta_end, num_steps, t, seed):
         """Only x_t at the chosen t, with ᾱ_t: what the t slider asks for (fast)."""
@@ -730,15 +740,15 @@ def generate_tab(classroom: Classroom) -> gr.Markdown:
                 disagreements = gr.HTML(elem_id="disagreements")
             with gr.Accordion("Scores table", open=False):
                 table = gr.Dataframe(show_label=False, elem_id="scores", max_height=400)
-            with gr.Accordion("The samples as image files (to download)", open=False):
-                gallery = gr.Gallery(show_label=False, columns=10, height=300, object_fit="contain", format="png",
-                                     elem_classes="pixels", elem_id="samples")
+            with gr.Accordion("All samples in one image (to download)", open=False):
+                grid = gr.Image(show_label=False, format="png", interactive=False, elem_classes="pixels",
+                                elem_id="samples-grid")
             sweep_plot = gr.Plot(label="Guidance sweep", show_label=False, format="png", elem_id="sweep-plot")
             sweep_table = gr.Markdown(elem_id="sweep-table")
 
     c.digit.change(classroom.fit_samples_slider, [c.digit, samples], samples, api_visibility="private", queue=False)
     inputs = [c.digit, samples, c.guidance, c.sampler, c.steps, c.seed, prompts]
-    outputs = [cards, gallery, table, agreement_text, disagreements]
+    outputs = [cards, grid, table, agreement_text, disagreements]
     sampling = {"concurrency_id": "sampling", "concurrency_limit": SAMPLING_CONCURRENCY, "preprocess": False}
     generate_button.click(classroom.generate, inputs, outputs, api_name="generate", **sampling)
     c.dice.click(None, js=RANDOM_SEED_JS, outputs=c.seed, api_visibility="private").then(
@@ -815,8 +825,8 @@ def forward_tab(classroom: Classroom) -> dict:
             x_t = gr.Image(label="x_t", format="png", height=240, interactive=False, elem_classes="pixels",
                            elem_id="forward-x-t")
             formula = gr.Markdown(elem_id="forward-formula")
-        plot = gr.Plot(label="ᾱ(t) and log-SNR for every schedule", show_label=False, format="png",
-                       elem_id="schedule-plot", scale=2)
+        plot = gr.Image(label="ᾱ(t) and log-SNR for every schedule (matplotlib)", show_label=False, format="png",
+                        interactive=False, elem_id="schedule-plot", scale=2)
     strip = gr.Gallery(label="x_t at evenly spaced t", columns=STRIP_FRAMES, height=170, format="png",
                        object_fit="contain",
                        elem_classes="pixels", elem_id="strip")

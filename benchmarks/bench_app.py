@@ -169,8 +169,10 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
-def bench_concurrent_users(url: str, users: int, same_seed: bool, app_pid: int | None) -> None:
-    clients = [Client(url, verbose=False) for _ in range(users)]
+def bench_concurrent_users(url: str, users: int, same_seed: bool, app_pid: int | None, download: bool) -> None:
+    """Each user: its own gradio_client, /generate of the ten digits. With download=False the clients
+    do not fetch the gallery's image files (the cards already hold the images inline)."""
+    clients = [Client(url, verbose=False, **({} if download else {"download_files": False})) for _ in range(users)]
     clients[0].predict(digit="all", seed=10_000, api_name="/generate")  # warm-up, not measured
     barrier = threading.Barrier(users)
     latencies, errors = [None] * users, []
@@ -194,7 +196,8 @@ def bench_concurrent_users(url: str, users: int, same_seed: bool, app_pid: int |
         t.join()
     wall = time.perf_counter() - start
     done = [x for x in latencies if x is not None]
-    seeds = "all the same seed" if same_seed else "a different seed each"
+    seeds = ("all the same seed" if same_seed else "a different seed each") + (
+        "" if download else ", gallery files not downloaded")
     print(f"{users} concurrent users, /generate of a 10-digit grid ({seeds}): {len(done)}/{users} succeeded; "
           f"p50 {percentile(done, 50):.2f} s, p95 {percentile(done, 95):.2f} s, max {max(done):.2f} s, "
           f"all done after {wall:.2f} s   bar: all succeed, p95 ≤ 10 s")
@@ -217,6 +220,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--users", type=int, default=30)
     p.add_argument("--same-seed", action="store_true", help="also run the 30 users with one shared seed")
+    p.add_argument("--no-download", action="store_true", help="also run the users without downloading files")
     args = p.parse_args()
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
@@ -233,9 +237,9 @@ def main() -> None:
             bench_browser(url, args.repeats)
         bench_client_latency(url, args.repeats)
         app_pid = process.pid if process is not None else args.app_pid
-        bench_concurrent_users(url, args.users, same_seed=False, app_pid=app_pid)
-        if args.same_seed:
-            bench_concurrent_users(url, args.users, same_seed=True, app_pid=app_pid)
+        for same_seed in (False, True) if args.same_seed else (False,):
+            for download in (True, False) if args.no_download else (True,):
+                bench_concurrent_users(url, args.users, same_seed, app_pid, download)
     finally:
         if process is not None:
             stop(process)

@@ -102,8 +102,11 @@ def shrink(image: np.ndarray, scale: int) -> np.ndarray:
     return image[::scale, ::scale]
 
 
-def gallery_images(gallery: list[dict], scale: int) -> np.ndarray:
-    return np.stack([shrink(read_image(item["image"]), scale) for item in gallery])
+def grid_samples(path, count: int) -> np.ndarray:
+    """Cut the /generate grid image into its samples: uint8 [count,28,28] (10 per row, 2-pixel gaps)."""
+    grid = shrink(read_image(path), app.GRID_SCALE)
+    cells = [divmod(i, 10) for i in range(count)]
+    return np.stack([grid[2 + 30 * r: 30 + 30 * r, 2 + 30 * c: 30 + 30 * c] for r, c in cells])
 
 
 def table_column(table: dict, header: str) -> list:
@@ -117,9 +120,9 @@ def assert_same_images(a: np.ndarray, b: np.ndarray) -> None:
 
 
 def generate(client: Client, **kwargs):
-    """(images uint8 [N,28,28], cards html, gallery, table, agreement text, disagreement html)."""
-    cards, gallery, table, agreement, disagreements = client.predict(api_name="/generate", **kwargs)
-    return gallery_images(gallery, app.SAMPLE_SCALE), cards, gallery, table, agreement, disagreements
+    """(images uint8 [N,28,28], cards html, table, agreement text, disagreement html)."""
+    cards, grid, table, agreement, disagreements = client.predict(api_name="/generate", **kwargs)
+    return grid_samples(grid, len(table["data"])), cards, table, agreement, disagreements
 
 
 def wait_for_clip(client: Client, timeout_s: float = 120) -> str:
@@ -147,7 +150,7 @@ def test_every_endpoint_is_named_and_every_parameter_has_a_default(client):
 
 def test_generate_defaults_give_ten_digits_scored_by_the_classifier(client, classroom):
     assert "CLIP unavailable" in wait_for_clip(client)  # it fails at once (missing file), but in the background
-    images, cards, gallery, table, agreement, disagreements = generate(client)
+    images, cards, table, agreement, disagreements = generate(client)
     digits = list(range(10))
     assert images.shape == (10, 28, 28)
     assert table_column(table, "asked") == digits
@@ -159,9 +162,10 @@ def test_generate_defaults_give_ten_digits_scored_by_the_classifier(client, clas
     scores = classifier_scores(classroom.classifier, images, digits)
     np.testing.assert_allclose(table_column(table, "classifier p(asked)"), scores.confidence_requested, atol=2e-3)
     assert table_column(table, "classifier digit") == scores.predicted_digit.tolist()
-    for i, item in enumerate(gallery):
-        assert item["caption"].startswith(f"#{i + 1} · asked {i} · classifier sees {scores.predicted_digit[i]}")
     assert cards.count("<img") == 10 and cards.count('class="sample-card"') == 10
+    for i in range(10):  # each card shows its sample's classifier verdict beside the image
+        assert f"<b>#{i + 1}</b> · asked <b>{i}</b><br>classifier: " in cards
+    assert cards.count("classifier: ") == 10 and "CLIP" not in cards
     # CLIP is unavailable here: said clearly, no CLIP columns, no disagreement cards.
     assert "No CLIP scores" in agreement and "not found" in agreement
     assert not any(h.startswith("CLIP") for h in table["headers"])
@@ -215,7 +219,7 @@ def test_guidance_sweep_runs_each_w_with_the_same_seed_in_one_shared_batch(clien
     rows = re.findall(r"^\| ([\d.]+) \| ([\d.]+)% \| (\d+)% \| ([\d.]+) \|$", table, flags=re.M)
     assert [float(w) for w, *_ in rows] == [0.0, 1.0, 4.0]
     for w, mean_confidence, _, diversity in rows:  # each row agrees with /generate at that w
-        images, *_, gen_table, _, _ = generate(client, digit="2", samples_per_digit=3, guidance=float(w),
+        images, _, gen_table, _, _ = generate(client, digit="2", samples_per_digit=3, guidance=float(w),
                                                steps=6, seed=9)
         expected = np.mean(table_column(gen_table, "classifier p(asked)"))
         assert float(mean_confidence) == pytest.approx(100 * expected, abs=0.2)
@@ -283,7 +287,7 @@ def test_forward_noising_defaults_show_x_t_the_strip_and_the_plot(client, classr
     assert [item["caption"] for item in strip][0] == "t = 0" and len(strip) == app.STRIP_FRAMES
     assert strip[-1]["caption"] == f"t = {schedule.num_steps}"
     np.testing.assert_array_equal(shrink(read_image(strip[0]["image"]), app.SAMPLE_SCALE), x0)  # t = 0 is x₀
-    assert plot["type"] == "matplotlib"
+    assert read_image(plot).shape == (320, 900)  # the matplotlib figure, 9 × 3.2 inches at 100 dpi
 
 
 def test_noise_at_t_matches_forward_noising_for_every_schedule(client):
@@ -435,7 +439,7 @@ def test_the_server_keeps_serving_after_bad_input(client):
 def test_clip_scores_appear_beside_the_samples_when_clip_is_available(clip_client, clip_classroom):
     assert "ready" in wait_for_clip(clip_client)
     prompts = "a sharp digit\na smudge"
-    images, cards, gallery, table, agreement, disagreements = generate(
+    images, cards, table, agreement, disagreements = generate(
         clip_client, digit="all", seed=2, quality_prompts_text=prompts)
     digits = list(range(10))
     scorer = clip_classroom.clip.get()
@@ -444,8 +448,7 @@ def test_clip_scores_appear_beside_the_samples_when_clip_is_available(clip_clien
     np.testing.assert_allclose(table_column(table, "CLIPScore"), expected.clip_score, atol=0.06)
     np.testing.assert_allclose(table_column(table, "CLIP p(a smudge)"), expected.quality_probs[:, 1], atol=2e-3)
     assert table_column(table, "CLIP digit") == expected.predicted_digit.tolist()
-    assert all("CLIP sees" in item["caption"] for item in gallery)
-    assert cards.count("CLIPScore") == 10
+    assert cards.count("CLIP: ") == 10 and cards.count("CLIPScore") == 10
     # The agreement panel counts the samples where the two digits match, and shows the others.
     same = sum(a == b for a, b in zip(table_column(table, "CLIP digit"), table_column(table, "classifier digit")))
     assert f"matches the classifier's on {same} of 10 samples" in agreement

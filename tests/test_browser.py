@@ -106,7 +106,7 @@ def test_generate_tab_samples_scores_agreement_and_sweep(page):
     page.get_by_role("button", name="Generate", exact=True).click()
     wait_rendered(page, "#sample-cards", 10)
     assert page.locator("#sample-cards .sample-card").count() == 10
-    assert page.locator("#sample-cards").inner_text().count("classifier: sees a") == 10
+    assert page.locator("#sample-cards").inner_text().count("classifier: sees a") == 10  # each beside its image
     page.wait_for_function("() => document.querySelector('#clip-status').innerText.includes('CLIP unavailable')")
     assert "No CLIP scores" in page.locator("#agreement").inner_text()
     page.get_by_role("button", name="Run guidance sweep").click()
