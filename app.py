@@ -68,13 +68,16 @@ MAX_FILE_SIZE = "10mb"          # uploads, as sent (gradio refuses bigger files)
 QUEUE_SIZE = 256                # requests waiting at once; more get "queue full"
 SAMPLING_CONCURRENCY = 40       # /generate and /guidance_sweep mostly wait on the shared BatchingSampler
 ANIMATION_CONCURRENCY = 2       # /reverse_process runs the network itself, one step per frame
-LIGHT_CONCURRENCY = 4           # forward noising, frames, status: milliseconds each
+LIGHT_CONCURRENCY = 4           # forward noising, loading x₀: milliseconds each
+INSTANT = {"preprocess": False, "queue": False}  # sliders (/noise_at_t, /show_frame): under 1 ms of work each,
+                                                 # so they skip the queue: one HTTP round trip instead of three
 
 # --- Display -------------------------------------------------------------------------------------------
 SAMPLE_SCALE = 4   # 28 px -> 112 px in galleries
 GRID_SCALE = 2     # the downloadable grid of samples
 FRAME_SCALE = 8    # 28 px -> 224 px for x_t, x̂0 and x_0
 GIF_SCALE, GIF_MAX_FRAMES, GIF_FRAME_MS, GIF_LAST_FRAME_MS = 4, 100, 80, 1500
+MAX_STREAMED_FRAMES = 100  # frames sent while the reverse process runs (a 500-step ddpm run sends every 5th)
 STRIP_FRAMES = 8
 RECOGNISABLE = 0.5  # the classifier's probability for the asked digit at which we call it recognisable
 ALL_DIGITS = "all"
@@ -561,16 +564,19 @@ class Classroom:
 
     # --- Reverse process tab -------------------------------------------------------------------------
     def reverse_process(self, digit, guidance, sampler, steps, seed):
-        """Stream the denoising of one digit: after each step, x_t, x̂0 and the step counter; at the end also
-        the confidence plot, the GIF and the frame slider. Frames are sent one at a time as they come."""
+        """Stream the denoising of one digit: x_T, then after each step x_t, x̂0 and the step counter, one frame
+        at a time as they come (at most MAX_STREAMED_FRAMES; all are kept for the slider); the last message
+        adds the confidence plot, the GIF and the frame slider."""
         settings = self.settings(digit, 1, guidance, sampler, steps, seed, allow_all=False)
         request = settings.request()
         run = ReverseRun(settings.digits[0], self.pipe.num_train_steps, settings.steps)
         self.add_frame(run, self.pipe.num_train_steps, to_uint8(request.x_T)[0], np.zeros((28, 28), np.uint8))
         yield *self.frame_outputs(run, 0), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        stride = math.ceil(settings.steps / MAX_STREAMED_FRAMES)  # long ddpm runs: every stride-th frame is sent
         for step in request_steps(self.pipe.model, self.pipe.schedule, request):
             self.add_frame(run, step.t, to_uint8(step.x)[0], to_uint8(step.x0)[0])
-            yield *self.frame_outputs(run, len(run) - 1), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            if step.index % stride == 0 and step.index < step.total:  # the last frame comes with the results
+                yield *self.frame_outputs(run, len(run) - 1), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         x_t, x0, counter = self.frame_outputs(run, len(run) - 1)
         scrubber = gr.Slider(minimum=0, maximum=len(run) - 1, value=len(run) - 1, step=1, interactive=True)
         yield (x_t, x0, counter + "\n\n" + recognition_summary(run), confidence_figure(run),
@@ -787,8 +793,7 @@ def reverse_tab(classroom: Classroom) -> None:
     c.dice.click(None, js=RANDOM_SEED_JS, outputs=c.seed, api_visibility="private").then(
         classroom.reverse_process, inputs, outputs, api_visibility="private", **animation)
     scrubber.input(classroom.show_frame, [scrubber, run_state], [x_t, x0, counter], api_name="show_frame",
-                   preprocess=False, concurrency_id="light", concurrency_limit=LIGHT_CONCURRENCY,
-                   trigger_mode="always_last", show_progress="hidden")
+                   trigger_mode="always_last", show_progress="hidden", **INSTANT)
 
 
 def forward_tab(classroom: Classroom) -> dict:
@@ -843,7 +848,7 @@ def forward_tab(classroom: Classroom) -> dict:
     num_steps.release(classroom.fit_t_slider, [num_steps, t], t, api_visibility="private", queue=False).then(
         api_visibility="private", **forward)
     t.input(classroom.noise_at_t, settings, [x_t, formula], api_name="noise_at_t", trigger_mode="always_last",
-            show_progress="hidden", **light)
+            show_progress="hidden", **INSTANT)
     return forward
 
 

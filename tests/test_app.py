@@ -238,9 +238,9 @@ def test_reverse_process_streams_every_frame_then_plot_gif_and_slider(client, cl
     job = client.submit(digit="5", steps=steps, seed=3, api_name="/reverse_process")
     final = job.result()
     outputs = job.outputs()
-    # x_T first, then one frame per step, then the final message with the plot and the GIF.
-    assert len(outputs) == steps + 2
-    counters = [re.search(r"t = (\d+) / (\d+) · step (\d+) of (\d+)", out[2]).groups() for out in outputs[:-1]]
+    # x_T first, then one frame per step (the last one with the plot and the GIF).
+    assert len(outputs) == steps + 1
+    counters = [re.search(r"t = (\d+) / (\d+) · step (\d+) of (\d+)", out[2]).groups() for out in outputs]
     T = str(classroom.pipe.num_train_steps)
     assert [c[2] for c in counters] == [str(i) for i in range(steps + 1)]
     assert counters[0][:2] == (T, T) and counters[-1][0] == "0" and all(c[3] == str(steps) for c in counters)
@@ -257,6 +257,16 @@ def test_reverse_process_streams_every_frame_then_plot_gif_and_slider(client, cl
     assert (slider["maximum"], slider["value"], slider["interactive"]) == (steps, steps, True)
 
 
+def test_long_runs_stream_at_most_a_hundred_frames_and_keep_them_all(client):
+    job = client.submit(digit=0, sampler="ddpm", steps=250, seed=0, api_name="/reverse_process")
+    *_, slider = job.result()
+    steps = [int(re.search(r"step (\d+) of 250", out[2]).group(1)) for out in job.outputs()]
+    assert steps == list(range(0, 251, 3)) + [250]  # x_T, every 3rd step, the last
+    assert slider["maximum"] == 250  # every frame can be scrubbed to
+    x_t, x0, counter = client.predict(frame=131, api_name="/show_frame")
+    assert "step 131 of 250" in counter
+
+
 def test_show_frame_scrubs_this_sessions_last_run(url):
     client = Client(url, verbose=False)
     with pytest.raises(Exception, match="run the reverse process first"):
@@ -264,6 +274,7 @@ def test_show_frame_scrubs_this_sessions_last_run(url):
     frames = client.submit(digit=1, guidance=0, steps=4, seed=0, api_name="/reverse_process")
     frames.result()
     streamed = frames.outputs()
+    assert len(streamed) == 5
     for i in (0, 2, 4):
         x_t, x0, counter = client.predict(frame=i, api_name="/show_frame")
         assert f"step {i} of 4" in counter
