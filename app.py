@@ -24,6 +24,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # plots are drawn off-screen
 import argparse  # noqa: E402
 import base64  # noqa: E402
 import functools  # noqa: E402
+import hashlib  # noqa: E402
 import html  # noqa: E402
 import io  # noqa: E402
 import math  # noqa: E402
@@ -93,7 +94,7 @@ CSS = """
 """
 THEME = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])  # no web fonts
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
-PLOT_FOLDER = Path(tempfile.mkdtemp(prefix="mnist-diffusion-plots-"))  # cached schedule plots (at most 32)
+WORK_FOLDER = tempfile.TemporaryDirectory(prefix="mnist-diffusion-app-")  # GIFs and plots; removed at exit
 
 
 # ======================================================================================================
@@ -257,11 +258,15 @@ def new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-@functools.lru_cache(maxsize=32)
 def schedule_plot(chosen: str, num_steps: int, beta_start: float, beta_end: float) -> str:
     """The schedules plot as a PNG file, drawn once per setting (every page load shows the default one)."""
-    path = PLOT_FOLDER / f"schedules-{uuid.uuid4().hex[:8]}.png"
-    schedule_figure(chosen, num_steps, beta_start, beta_end).savefig(path, dpi=100)
+    settings = repr((chosen, num_steps, beta_start, beta_end)).encode()
+    path = Path(WORK_FOLDER.name) / f"schedules-{hashlib.sha1(settings).hexdigest()[:16]}.png"
+    if not path.exists():
+        drawing = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+        schedule_figure(chosen, num_steps, beta_start, beta_end).savefig(drawing, dpi=100, format="png")
+        drawing.replace(path)  # atomic: a request drawing the same plot at the same time reads a whole file
+        _keep_newest(path.parent, "schedules-*.png", keep=64)
     return str(path)
 
 
@@ -456,8 +461,13 @@ def write_gif(run: ReverseRun, folder: Path) -> Path:
 
 def _keep_newest(folder: Path, pattern: str, keep: int) -> None:
     """Delete all but the `keep` newest files matching `pattern` (bounds the disk a busy Space uses)."""
-    files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in files[keep:]:
+    def age(path: Path) -> float:
+        try:
+            return -path.stat().st_mtime
+        except FileNotFoundError:  # another request just deleted it
+            return 0.0
+
+    for old in sorted(folder.glob(pattern), key=age)[keep:]:
         old.unlink(missing_ok=True)
 
 
@@ -472,7 +482,7 @@ class Classroom:
         self.pipe, self.classifier, self.clip, self.classifier_config = pipe, classifier, clip, classifier_config
         self.sampler = BatchingSampler(pipe.model, pipe.schedule)
         self._clip_lock = threading.Lock()  # one CLIP evaluation at a time: it is the heaviest network here
-        self.gif_folder = Path(tempfile.mkdtemp(prefix="mnist-diffusion-gifs-"))
+        self.gif_folder = Path(WORK_FOLDER.name)
         with np.load(SHIPPED_DIGITS) as f:
             self.shipped_images, self.shipped_labels, self.shipped_test_index = f["x"], f["y"], f["test_index"]
 
@@ -512,9 +522,9 @@ class Classroom:
         with self._clip_lock:
             return Scores(classifier, scorer.score(images, digits, prompts))
 
-    def confidence(self, images: np.ndarray, digit: int) -> np.ndarray:
-        """The classifier's probability that each of images (uint8 [N,28,28]) is `digit`: [N]."""
-        return classifier_scores(self.classifier, images, [digit] * len(images)).confidence_requested
+    def confidence(self, images: np.ndarray, digits: list[int]) -> np.ndarray:
+        """The classifier's probability that each image (uint8 [N,28,28]) is its asked digit: float [N]."""
+        return classifier_scores(self.classifier, images, digits).confidence_requested
 
     # --- Generate tab --------------------------------------------------------------------------------
     def generate(self, digit, samples_per_digit, guidance, sampler, steps, seed, quality_prompts_text):
@@ -537,7 +547,7 @@ class Classroom:
         results = self.sampler.run([settings.request(guidance=w) for w in ws])
         rows, grids, captions = [], [], []
         for w, images in zip(ws, results):
-            confidence = self.confidence_for(images, settings.digits)
+            confidence = self.confidence(images, settings.digits)
             spread = pixel_diversity(images, settings.samples_per_digit)
             grids.append(grid_image(images, nrow=min(len(images), 20)))
             captions.append(f"classifier {confidence.mean():.0%}")
@@ -548,9 +558,6 @@ class Classroom:
                  "how much samples of the same digit differ (mean per-pixel standard deviation, 0 = identical; "
                  "needs 2 or more samples per digit). Larger w usually buys fidelity with diversity.")
         return sweep_figure(ws, grids, captions), table
-
-    def confidence_for(self, images: np.ndarray, digits: list[int]) -> np.ndarray:
-        return classifier_scores(self.classifier, images, digits).confidence_requested
 
     def clip_status(self):
         """Whether CLIP is ready, loading or unavailable (and why). Starts loading it if nobody has."""
@@ -583,7 +590,7 @@ class Classroom:
                str(write_gif(run, self.gif_folder)), scrubber, run)
 
     def add_frame(self, run: ReverseRun, t: int, x_t: np.ndarray, x0: np.ndarray) -> None:
-        confidence_x_t, confidence_x0 = self.confidence(np.stack([x_t, x0]), run.digit)
+        confidence_x_t, confidence_x0 = self.confidence(np.stack([x_t, x0]), [run.digit] * 2)
         run.t.append(t)
         run.x_t.append(x_t)
         run.x0.append(x0)
@@ -606,7 +613,7 @@ class Classroom:
                 for i, (y, k) in enumerate(zip(self.shipped_labels, self.shipped_test_index))]
 
     def example_upload(self) -> np.ndarray:
-        """An example for the upload box (and the default of /load_image): a shipped digit, dark on white, 5× larger."""
+        """The upload box's example (and /load_image's default): a shipped digit, dark on white, 5× larger."""
         return 255 - enlarge(self.shipped_images[20], 5)
 
     def shipped_digit(self, index):
@@ -645,15 +652,16 @@ class Classroom:
         beta_end = real_number("β end", beta_end, 0, 1)
         sched = noise_schedule(name, whole_number("T", num_steps, 1, MAX_FORWARD_T), beta_start, beta_end)
         t = whole_number(f"t (with T = {sched.num_steps})", t, 0, sched.num_steps)
-        noise = torch.randn((1, 1, 28, 28), generator=torch.Generator().manual_seed(whole_number("seed", seed, 0, MAX_SEED)))
-        return x0, sched, t, noise
+        generator = torch.Generator().manual_seed(whole_number("seed", seed, 0, MAX_SEED))
+        return x0, sched, t, torch.randn((1, 1, 28, 28), generator=generator)
 
     @staticmethod
     def noisy(x0: torch.Tensor, sched: NoiseSchedule, t: int, noise: torch.Tensor) -> tuple[np.ndarray, str]:
         x_t = to_uint8(sched.q_sample(x0, torch.tensor([t]), noise))[0]
         alpha_bar = sched.alpha_bar[t].item()
         formula = (f"**t = {t}:** ᾱ_t = {alpha_bar:.4f}, so x_t = {math.sqrt(alpha_bar):.3f}·x₀ + "
-                   f"{math.sqrt(1 - alpha_bar):.3f}·ε  (ε is fixed by the seed, so moving t fades x₀ into the same noise)")
+                   f"{math.sqrt(1 - alpha_bar):.3f}·ε  (ε is fixed by the seed, so moving t fades x₀ into "
+                   f"the same noise)")
         return enlarge(x_t, FRAME_SCALE), formula
 
     def fit_steps_slider(self, sampler, steps):
@@ -862,6 +870,7 @@ def how_it_works_markdown(classroom: Classroom) -> str:
                f"{training.get('label_dropout', '?')}, on {training.get('data', 'MNIST')}."
                if isinstance(training.get("steps"), int) else "")
     accuracy = classroom.classifier_config.get("test_accuracy")
+    classifier_accuracy = f" ({accuracy:.2%} accurate on the MNIST test set)" if accuracy else ""
     return f"""
 ## The model in this app
 A class-conditional U-Net with **{count_parameters(classroom.pipe.model):,} parameters**, trained with
@@ -869,7 +878,7 @@ A class-conditional U-Net with **{count_parameters(classroom.pipe.model):,} para
 Channels per level {arch['channels']}, self-attention with {arch['attention_heads']} heads at 7×7,
 embedding width {arch['embedding_dim']}. The app's defaults: sampler **{engine.DEFAULT_SAMPLER}**,
 **{engine.DEFAULT_STEPS} steps**, guidance **w = {engine.DEFAULT_GUIDANCE:g}**.
-The scores come from a separate digit classifier{f' ({accuracy:.2%} accurate on the MNIST test set)' if accuracy else ''}.
+The scores come from a separate digit classifier{classifier_accuracy}.
 
 ## Forward diffusion
 Each forward step adds a little Gaussian noise: $q(x_t \\mid x_{{t-1}}) = \\mathcal{{N}}(\\sqrt{{1-\\beta_t}}\\,x_{{t-1}}, \\beta_t I)$.
@@ -945,7 +954,8 @@ def load_classroom(unet: str, classifier: str, clip_model: str | None, clip_pret
 
 
 def server_address(host: str | None, port: int | None) -> tuple[str, int]:
-    """--host/--port, else GRADIO_SERVER_NAME and GRADIO_SERVER_PORT or PORT (a Space sets them), else 127.0.0.1:7860."""
+    """--host/--port, else $GRADIO_SERVER_NAME and $GRADIO_SERVER_PORT or $PORT (a Space sets them),
+    else 127.0.0.1:7860."""
     host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     port = port or int(os.environ.get("GRADIO_SERVER_PORT") or os.environ.get("PORT") or 7860)
     return host, port

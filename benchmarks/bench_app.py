@@ -13,6 +13,7 @@ The browser figures use Debian's chromium through playwright; gradio_client figu
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import socket
 import statistics
@@ -23,9 +24,10 @@ import time
 from pathlib import Path
 
 import httpx
-from gradio_client import Client
+from gradio_client import Client, handle_file
 
 ROOT = Path(__file__).resolve().parent.parent
+FRESH_SEEDS = itertools.count(10_000, 1)  # every measured request gets a seed never used before (no cached results)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -49,6 +51,15 @@ def summary(values: list[float], unit: str = "s", scale: float = 1.0) -> str:
     v = [x * scale for x in values]
     return (f"median {statistics.median(v):.3g} {unit}, p95 {percentile(v, 95):.3g} {unit}, "
             f"min {min(v):.3g}, max {max(v):.3g} (n = {len(v)})")
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
 
 
 # --- start-up ---------------------------------------------------------------------------------------------
@@ -128,9 +139,10 @@ def bench_browser(url: str, repeats: int) -> None:
         first_frames = []
         for _ in range(repeats + 1):
             first_frames.append(page.evaluate(CLICK_TO_FIRST_FRAME_JS) / 1000)
-            page.wait_for_function("() => document.querySelector('#step-counter').innerText.includes('first recognises')",
-                                   timeout=120_000)
-        print(f"browser: click -> first animation frame shown: {summary(first_frames[1:], 'ms', 1000)}   bar: ≤ 500 ms")
+            page.wait_for_function(
+                "() => document.querySelector('#step-counter').innerText.includes('first recognises')", timeout=120_000)
+        print(f"browser: click -> first animation frame shown: {summary(first_frames[1:], 'ms', 1000)}"
+              "   bar: ≤ 500 ms")
         page.get_by_role("tab", name="Forward noising").click()
         page.wait_for_function("() => { const i = document.querySelector('#forward-x-t img'); "
                                "return i && i.complete && i.naturalWidth > 0; }", timeout=120_000)
@@ -141,39 +153,35 @@ def bench_browser(url: str, repeats: int) -> None:
 
 # --- gradio_client ----------------------------------------------------------------------------------------
 
-def bench_client_latency(url: str, repeats: int) -> None:
+def bench_client_latency(url: str, repeats: int, app_pid: int | None) -> None:
     client = Client(url, verbose=False)
     firsts = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        job = client.submit(digit=str(i % 10), seed=i, api_name="/reverse_process")
+        job = client.submit(digit=str(i % 10), seed=next(FRESH_SEEDS), api_name="/reverse_process")
         while not job.outputs():
             time.sleep(0.002)
         firsts.append(time.perf_counter() - start)
         job.result()
     print(f"gradio_client: /reverse_process submit -> first frame received: {summary(firsts[1:], 'ms', 1000)}")
-    trips = []
-    for i in range(repeats * 2 + 1):
+    x0 = client.predict(index=3, api_name="/shipped_digit")  # uploaded once below, like the page's x₀
+    client.predict(image=handle_file(x0), t=1, api_name="/noise_at_t")
+    trips, cpu_before = [], cpu_seconds(app_pid)
+    for i in range(repeats * 2):
         start = time.perf_counter()
-        client.predict(t=10 + 17 * i, api_name="/noise_at_t")
+        client.predict(image=handle_file(x0), t=10 + 17 * i, api_name="/noise_at_t")
         trips.append(time.perf_counter() - start)
-    print(f"gradio_client: /noise_at_t round trip: {summary(trips[1:], 'ms', 1000)}")
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc), or None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, TypeError):
-        return None
+    cpu = cpu_seconds(app_pid)
+    per_call = f"; the app's CPU time per call: {(cpu - cpu_before) / len(trips) * 1000:.0f} ms" if cpu else ""
+    print(f"gradio_client: /noise_at_t round trip (uploads x₀ each call): {summary(trips, 'ms', 1000)}{per_call}")
 
 
 def bench_concurrent_users(url: str, users: int, same_seed: bool, app_pid: int | None, download: bool) -> None:
     """Each user: its own gradio_client, /generate of the ten digits. With download=False the clients
     do not fetch the gallery's image files (the cards already hold the images inline)."""
     clients = [Client(url, verbose=False, **({} if download else {"download_files": False})) for _ in range(users)]
-    clients[0].predict(digit="all", seed=10_000, api_name="/generate")  # warm-up, not measured
+    clients[0].predict(digit="all", seed=next(FRESH_SEEDS), api_name="/generate")  # warm-up, not measured
+    seeds = [next(FRESH_SEEDS)] * users if same_seed else [next(FRESH_SEEDS) for _ in range(users)]
     barrier = threading.Barrier(users)
     latencies, errors = [None] * users, []
 
@@ -181,7 +189,7 @@ def bench_concurrent_users(url: str, users: int, same_seed: bool, app_pid: int |
         barrier.wait()
         start = time.perf_counter()
         try:
-            cards = clients[i].predict(digit="all", seed=0 if same_seed else i, api_name="/generate")[0]
+            cards = clients[i].predict(digit="all", seed=seeds[i], api_name="/generate")[0]
             assert cards.count("<img") == 10
             latencies[i] = time.perf_counter() - start
         except Exception as e:  # counted as a failure
@@ -235,8 +243,8 @@ def main() -> None:
     try:
         if not args.skip_browser:
             bench_browser(url, args.repeats)
-        bench_client_latency(url, args.repeats)
         app_pid = process.pid if process is not None else args.app_pid
+        bench_client_latency(url, args.repeats, app_pid)
         for same_seed in (False, True) if args.same_seed else (False,):
             for download in (True, False) if args.no_download else (True,):
                 bench_concurrent_users(url, args.users, same_seed, app_pid, download)

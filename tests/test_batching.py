@@ -162,6 +162,7 @@ def test_request_steps_reports_errors_and_stops_when_closed(pipe):
     bad.labels = torch.tensor([12])
     with pytest.raises(RuntimeError):
         list(request_steps(pipe.model, pipe.schedule, bad))
-    steps = request_steps(pipe.model, pipe.schedule, seeded_request([1], guidance=1.0, sampler="ddpm", steps=40, seed=0))
+    long_run = seeded_request([1], guidance=1.0, sampler="ddpm", steps=40, seed=0)
+    steps = request_steps(pipe.model, pipe.schedule, long_run)
     assert next(steps).index == 1
     steps.close()  # the loop's thread sees the stop flag after its current step

@@ -72,7 +72,7 @@ def page(browser, url):
     page = context.new_page()
     errors, outside = [], []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else outside.append(r.url))
+    page.on("request", lambda r: r.url.startswith(("http://127.0.0.1", "data:", "blob:")) or outside.append(r.url))
     page.set_default_timeout(WAIT_MS)
     page.goto(url)
     page.wait_for_selector("#clip-status")
@@ -82,14 +82,11 @@ def page(browser, url):
     assert outside == [], f"the page asked for resources outside the app: {outside}"
 
 
-def rendered_images(page, selector: str) -> int:
-    """How many <img> under `selector` have loaded with a real size."""
-    return page.eval_on_selector_all(f"{selector} img", "imgs => imgs.filter(i => i.complete && i.naturalWidth > 0).length")
-
-
 def wait_rendered(page, selector: str, at_least: int = 1) -> None:
+    """Wait until at least `at_least` <img> under `selector` have loaded with a real size."""
     page.wait_for_function(
-        "([sel, n]) => [...document.querySelectorAll(sel + ' img')].filter(i => i.complete && i.naturalWidth > 0).length >= n",
+        "([sel, n]) => [...document.querySelectorAll(sel + ' img')]"
+        ".filter(i => i.complete && i.naturalWidth > 0).length >= n",
         arg=[selector, at_least])
 
 
