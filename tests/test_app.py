@@ -258,13 +258,16 @@ def test_reverse_process_streams_every_frame_then_plot_gif_and_slider(client, cl
 
 
 def test_long_runs_stream_at_most_a_hundred_frames_and_keep_them_all(client):
-    job = client.submit(digit=0, sampler="ddpm", steps=250, seed=0, api_name="/reverse_process")
+    steps = 101  # just over MAX_STREAMED_FRAMES: every 2nd frame is sent
+    job = client.submit(digit=0, sampler="ddpm", steps=steps, seed=0, api_name="/reverse_process")
     *_, slider = job.result()
-    steps = [int(re.search(r"step (\d+) of 250", out[2]).group(1)) for out in job.outputs()]
-    assert steps == list(range(0, 251, 3)) + [250]  # x_T, every 3rd step, the last
-    assert slider["maximum"] == 250  # every frame can be scrubbed to
-    x_t, x0, counter = client.predict(frame=131, api_name="/show_frame")
-    assert "step 131 of 250" in counter
+    sent = [int(re.search(rf"step (\d+) of {steps}", out[2]).group(1)) for out in job.outputs()]
+    stride = -(-steps // app.MAX_STREAMED_FRAMES)
+    assert stride > 1 and len(sent) <= app.MAX_STREAMED_FRAMES + 1
+    assert sent == [i for i in range(steps) if i % stride == 0] + [steps]  # x_T, every stride-th step, the last
+    assert slider["maximum"] == steps  # every frame can be scrubbed to
+    x_t, x0, counter = client.predict(frame=77, api_name="/show_frame")  # a frame that was not sent
+    assert f"step 77 of {steps}" in counter
 
 
 def test_show_frame_scrubs_this_sessions_last_run(url):
