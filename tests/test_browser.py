@@ -100,12 +100,13 @@ def shot(page, name: str) -> None:
 
 
 def test_generate_tab_samples_scores_agreement_and_sweep(page):
+    # CLIP starts loading when the page opens; here it fails at once (missing file) and the page says so.
+    page.wait_for_function("() => document.querySelector('#clip-status').innerText.includes('CLIP unavailable')")
     page.get_by_role("button", name="Generate", exact=True).click()
     wait_rendered(page, "#sample-cards", 10)
     assert page.locator("#sample-cards .sample-card").count() == 10
     assert page.locator("#sample-cards").inner_text().count("classifier: sees a") == 10  # each beside its image
-    page.wait_for_function("() => document.querySelector('#clip-status').innerText.includes('CLIP unavailable')")
-    assert "No CLIP scores" in page.locator("#agreement").inner_text()
+    assert "No CLIP scores. CLIP weights file not found" in page.locator("#agreement").inner_text()
     page.get_by_role("button", name="Run guidance sweep").click()
     wait_rendered(page, "#sweep-plot")
     assert page.locator("#sweep-table table tr").count() == 1 + 6  # header + the six default values of w
