@@ -388,14 +388,15 @@ def clip_status_text(status: str) -> str:
 class ReverseRun:
     """Every frame of one run of the reverse process: frame 0 is x_T, then one frame per step.
 
-    x_t and x0 hold uint8 [28,28] images (x0 of frame 0 is black: no prediction yet); the
-    confidences are the classifier's probability for the asked digit.
+    t holds each frame's time step (None for x_T: the sampler decides where it starts); x_t and x0
+    hold uint8 [28,28] images (x0 of frame 0 is black: no prediction yet); the confidences are the
+    classifier's probability for the asked digit.
     """
 
     digit: int
     num_train_steps: int
     num_steps: int
-    t: list[int] = field(default_factory=list)
+    t: list[int | None] = field(default_factory=list)
     x_t: list[np.ndarray] = field(default_factory=list)
     x0: list[np.ndarray] = field(default_factory=list)
     confidence_x_t: list[float] = field(default_factory=list)
@@ -405,20 +406,26 @@ class ReverseRun:
         return len(self.t)
 
 
+def time_label(run: ReverseRun, i: int) -> str:
+    """'t = 277' for frame i, 'x_T' for the starting noise."""
+    return "x_T" if run.t[i] is None else f"t = {run.t[i]}"
+
+
 def frame_counter(run: ReverseRun, i: int) -> str:
     """'t = 277 / 500 · step 3 of 10 · …' for frame i."""
-    text = f"### t = {run.t[i]} / {run.num_train_steps} · step {i} of {run.num_steps}\n"
     if i == 0:
-        return text + f"Pure noise x_T; the classifier gives it {run.confidence_x_t[0]:.0%} for a {run.digit}."
-    return text + (f"The classifier is {run.confidence_x_t[i]:.0%} sure x_t is a {run.digit}, "
-                   f"and {run.confidence_x0[i]:.0%} sure the model's guess x̂₀ is.")
+        return (f"### x_T, pure noise · step 0 of {run.num_steps}\n"
+                f"The classifier gives it {run.confidence_x_t[0]:.0%} for a {run.digit}.")
+    return (f"### t = {run.t[i]} / {run.num_train_steps} · step {i} of {run.num_steps}\n"
+            f"The classifier is {run.confidence_x_t[i]:.0%} sure x_t is a {run.digit}, "
+            f"and {run.confidence_x0[i]:.0%} sure the model's guess x̂₀ is.")
 
 
 def recognition_summary(run: ReverseRun) -> str:
     parts = []
     for name, confidences in (("x_t", run.confidence_x_t), ("x̂₀", run.confidence_x0)):
         i = first_recognisable(confidences)
-        parts.append(f"in {name} at step {i} (t = {run.t[i]})" if i is not None else f"never in {name}")
+        parts.append(f"in {name} at step {i} ({time_label(run, i)})" if i is not None else f"never in {name}")
     return (f"The classifier first recognises the {run.digit} (p ≥ {RECOGNISABLE:.0%}) "
             f"{parts[0]}, and {parts[1]}. Drag the slider to scrub through the frames.")
 
@@ -436,11 +443,11 @@ def confidence_figure(run: ReverseRun) -> Figure:
         i = first_recognisable(confidences)
         if i is not None:
             ax.axvline(i, color=color, linestyle="--", linewidth=1)
-            ax.annotate(f"recognisable: step {i}, t = {run.t[i]}", (i, RECOGNISABLE), color=color, fontsize=8,
+            ax.annotate(f"recognisable: step {i}, {time_label(run, i)}", (i, RECOGNISABLE), color=color, fontsize=8,
                         xytext=(4, -14 if start else 6), textcoords="offset points")
     ax.axhline(RECOGNISABLE, color="gray", linestyle=":", linewidth=1)
     ticks = np.unique(np.linspace(0, len(run) - 1, min(len(run), 12)).round().astype(int))
-    ax.set_xticks(ticks, [f"{i}\nt={run.t[i]}" for i in ticks])
+    ax.set_xticks(ticks, [f"{i}\n{time_label(run, i).replace(' ', '')}" for i in ticks])
     ax.set(xlabel="step (t counts down from T to 0)", ylabel=f"p(it is a {run.digit})", ylim=(-0.02, 1.05),
            title=f"When does the classifier recognise the {run.digit}?")
     ax.legend(fontsize=8, loc="center left")
@@ -577,7 +584,7 @@ class Classroom:
         settings = self.settings(digit, 1, guidance, sampler, steps, seed, allow_all=False)
         request = settings.request()
         run = ReverseRun(settings.digits[0], self.pipe.num_train_steps, settings.steps)
-        self.add_frame(run, self.pipe.num_train_steps, to_uint8(request.x_T)[0], np.zeros((28, 28), np.uint8))
+        self.add_frame(run, None, to_uint8(request.x_T)[0], np.zeros((28, 28), np.uint8))
         yield *self.frame_outputs(run, 0), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         stride = math.ceil(settings.steps / MAX_STREAMED_FRAMES)  # long ddpm runs: every stride-th frame is sent
         for step in request_steps(self.pipe.model, self.pipe.schedule, request):
@@ -589,7 +596,7 @@ class Classroom:
         yield (x_t, x0, counter + "\n\n" + recognition_summary(run), confidence_figure(run),
                str(write_gif(run, self.gif_folder)), scrubber, run)
 
-    def add_frame(self, run: ReverseRun, t: int, x_t: np.ndarray, x0: np.ndarray) -> None:
+    def add_frame(self, run: ReverseRun, t: int | None, x_t: np.ndarray, x0: np.ndarray) -> None:
         confidence_x_t, confidence_x0 = self.confidence(np.stack([x_t, x0]), [run.digit] * 2)
         run.t.append(t)
         run.x_t.append(x_t)

@@ -240,10 +240,12 @@ def test_reverse_process_streams_every_frame_then_plot_gif_and_slider(client, cl
     outputs = job.outputs()
     # x_T first, then one frame per step (the last one with the plot and the GIF).
     assert len(outputs) == steps + 1
-    counters = [re.search(r"t = (\d+) / (\d+) · step (\d+) of (\d+)", out[2]).groups() for out in outputs]
+    assert outputs[0][2].startswith(f"### x_T, pure noise · step 0 of {steps}")
+    counters = [re.search(r"t = (\d+) / (\d+) · step (\d+) of (\d+)", out[2]).groups() for out in outputs[1:]]
     T = str(classroom.pipe.num_train_steps)
-    assert [c[2] for c in counters] == [str(i) for i in range(steps + 1)]
-    assert counters[0][:2] == (T, T) and counters[-1][0] == "0" and all(c[3] == str(steps) for c in counters)
+    assert [c[2] for c in counters] == [str(i) for i in range(1, steps + 1)]
+    assert all(c[1] == T and c[3] == str(steps) for c in counters) and counters[-1][0] == "0"
+    assert [int(c[0]) for c in counters] == sorted((int(c[0]) for c in counters), reverse=True)  # t counts down
     assert all(out[3] is None or "update" in str(out[3]) for out in outputs[:-1])  # no plot re-sent per frame
     x_t, x0, counter, plot, gif, slider = final  # (the session state is not part of the API)
     last = shrink(read_image(x_t), app.FRAME_SCALE)
