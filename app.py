@@ -450,7 +450,7 @@ def confidence_figure(run: ReverseRun) -> Figure:
     ax.set_xticks(ticks, [f"{i}\n{time_label(run, i).replace(' ', '')}" for i in ticks])
     ax.set(xlabel="step (t counts down from T to 0)", ylabel=f"p(it is a {run.digit})", ylim=(-0.02, 1.05),
            title=f"When does the classifier recognise the {run.digit}?")
-    ax.legend(fontsize=8, loc="center left")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=2)
     return fig
 
 
