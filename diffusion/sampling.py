@@ -50,18 +50,18 @@ def guided_eps(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels:
 START_ALPHA_BAR = 4e-3
 
 
-def timestep_sequence(schedule: NoiseSchedule, num_steps: int) -> list[int]:
+def timestep_sequence(schedule: NoiseSchedule, num_steps: int, start_alpha_bar: float = START_ALPHA_BAR) -> list[int]:
     """S evaluation times, evenly spaced and decreasing to 1, e.g. [480, 427, …, 1] for T = 500, S = 10.
 
     With S = T this is every step T, T-1, …, 1 (the course's DDPM). With fewer steps the sequence
-    starts at the last t whose ᾱ_t ≥ START_ALPHA_BAR (see above).
+    starts at the last t whose ᾱ_t ≥ start_alpha_bar (see above; 0 starts at T).
     """
     T = schedule.num_steps
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
         raise ValueError(f"steps must be an integer from 1 to {T}, got {num_steps!r}")
     if num_steps == T:
         return list(range(T, 0, -1))
-    t_start = max(int((schedule.alpha_bar[1:] >= START_ALPHA_BAR).sum()), num_steps)
+    t_start = max(int((schedule.alpha_bar[1:] >= start_alpha_bar).sum()), num_steps)
     if num_steps == 1:
         return [t_start]
     return torch.linspace(t_start, 1, num_steps, dtype=torch.float64).round().long().tolist()
@@ -137,13 +137,15 @@ class _DPMSolverPP2M:
 def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.Tensor, *,
                  guidance: float | torch.Tensor = 0.0, sampler: str = "dpm++2m", steps: int = 10,
                  eta: float = 0.0, generator: torch.Generator | None = None,
-                 x_T: torch.Tensor | None = None, clip_x0: bool = True) -> Iterator[SamplerStep]:
+                 x_T: torch.Tensor | None = None, clip_x0: bool = True,
+                 start_alpha_bar: float = START_ALPHA_BAR) -> Iterator[SamplerStep]:
     """Run the reverse process, yielding a `SamplerStep` after every step.
 
     labels: [B] digits 0..9 (one sample per entry); guidance: w (float or [B]);
     sampler: one of SAMPLERS; steps: network evaluations, 1..T; eta: DDIM noise (0 = deterministic);
     generator: seeds x_T and any per-step noise, so the same seed gives the same samples;
-    x_T: optional starting noise [B,1,28,28] (default: drawn from `generator`).
+    x_T: optional starting noise [B,1,28,28] (default: drawn from `generator`);
+    start_alpha_bar: where a few-step run starts (see `timestep_sequence`); clip_x0: clamp x̂_0 to [-1,1].
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -153,7 +155,7 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
     if x_T is None:
         x_T = _randn_like(torch.empty((B, 1, 28, 28), device=device), generator)
     update: Callable = {"ddpm": _update_ddpm, "ddim": _update_ddim, "dpm++2m": _DPMSolverPP2M()}[sampler]
-    ts = timestep_sequence(schedule, steps)
+    ts = timestep_sequence(schedule, steps, start_alpha_bar)
     x = x_T
     with torch.inference_mode():
         for i, t in enumerate(ts):
