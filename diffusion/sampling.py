@@ -157,9 +157,11 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
     update: Callable = {"ddpm": _update_ddpm, "ddim": _update_ddim, "dpm++2m": _DPMSolverPP2M()}[sampler]
     ts = timestep_sequence(schedule, steps, start_alpha_bar)
     x = x_T
-    with torch.inference_mode():
-        for i, t in enumerate(ts):
-            s = ts[i + 1] if i + 1 < len(ts) else 0
+    for i, t in enumerate(ts):
+        s = ts[i + 1] if i + 1 < len(ts) else 0
+        # inference mode is per thread, so it must not span a `yield`: a web server may resume
+        # this generator from another thread
+        with torch.inference_mode():
             t_batch = torch.full((B,), t, device=device, dtype=torch.long)
             eps = guided_eps(model, x, t_batch, labels, guidance)
             x0 = schedule.predict_x0(x, t_batch, eps)
@@ -168,7 +170,7 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
                 ab = schedule.alpha_bar[t].item()
                 eps = (x - ab**0.5 * x0) / (1 - ab) ** 0.5  # keep ε consistent with the clipped x̂_0
             x = update(schedule, x, x0, eps, t, s, generator, eta)
-            yield SamplerStep(index=i + 1, total=len(ts), t=s, x=x, x0=x0)
+        yield SamplerStep(index=i + 1, total=len(ts), t=s, x=x, x0=x0)
 
 
 def sample(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -137,3 +137,20 @@ def test_timestep_sequence():
     for bad in (0, 51, 2.5, True):
         with pytest.raises(ValueError):
             timestep_sequence(linear, bad)
+
+
+def test_the_loop_can_be_resumed_from_another_thread(tiny_unet_config):
+    """Web servers resume generators on worker threads; inference mode must not leak across them."""
+    import threading
+
+    model = build_unet(tiny_unet_config).eval()
+    sched = NoiseSchedule.create(**tiny_unet_config["schedule"])
+    steps = sample_steps(model, sched, torch.tensor([1, 2]), guidance=0.0, steps=4,
+                         generator=torch.Generator().manual_seed(0))
+    first = next(steps)
+    results = []
+    thread = threading.Thread(target=lambda: results.extend(steps))
+    thread.start()
+    thread.join()
+    assert first.index == 1 and [s.index for s in results] == [2, 3, 4]
+    assert all(not s.x.requires_grad for s in results)
