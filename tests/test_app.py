@@ -1,7 +1,6 @@
 """The Gradio app, through gradio_client against the launched server: every endpoint with its
 defaults, results checked against the engine, bad input on every endpoint, and CLIP both
 unavailable (the usual case offline) and available (a tiny random open_clip model from a file)."""
-import json
 import re
 import socket
 import threading
@@ -9,25 +8,18 @@ import time
 
 import httpx
 import numpy as np
-import open_clip
 import pytest
 import torch
 from gradio_client import Client, handle_file
 from PIL import Image
-from safetensors.torch import save_file
 
 import app
 from diffusion.classifier import DEFAULT_CLASSIFIER
 from diffusion.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_UNET
 from diffusion.scoring import classifier_scores
+from tiny_clip import TINY_CLIP, save_tiny_clip_weights
 
 MISSING_CLIP = "/nonexistent/open_clip_model.safetensors"
-TINY_CLIP = "tiny-clip-app-test"
-TINY_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
 
 
 # --- launching -----------------------------------------------------------------------------------------
@@ -66,15 +58,8 @@ def client(url) -> Client:
 
 @pytest.fixture(scope="module")
 def tiny_clip_weights(tmp_path_factory) -> str:
-    """Register a tiny open_clip architecture in this process and save random weights for it."""
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
-    open_clip.add_model_config(folder / f"{TINY_CLIP}.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_CLIP, pretrained=None)
-    path = folder / "tiny_clip.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return str(path)
+    """The tiny CLIP architecture, registered with open_clip, and its random weights (safetensors)."""
+    return save_tiny_clip_weights(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(scope="module")

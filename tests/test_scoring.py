@@ -1,7 +1,6 @@
 """Scoring: CLIP through the real loading path (a tiny random open_clip model saved to a local file),
 fast and clear failure offline, the classifier on real digits, and the agreement between the two."""
 import http.server
-import json
 import shutil
 import socket
 import threading
@@ -14,37 +13,24 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from diffusion import scoring
 from diffusion.checkpoints import save_checkpoint
+from tiny_clip import TINY_CLIP, save_tiny_clip_weights
 from diffusion.classifier import DigitClassifier, load_classifier
 from diffusion.data import load_shipped_digits
 from diffusion.scoring import (DEFAULT_QUALITY_PROMPTS, DIGIT_PROMPTS, Agreement, ClassifierScores, ClipScores,
                                ClipUnavailable, LazyClip, agreement, classifier_scores, load_clip)
 
-TINY = "tiny-clip-test"
-# A very small CLIP: 64×64 images (so the upscaling must follow the model's size, not a fixed 224),
-# CLIP's real tokenizer and context length.
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+TINY = TINY_CLIP
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> str:
-    """Register the tiny architecture with open_clip and save randomly initialised weights (safetensors)."""
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    (folder / f"{TINY}.json").write_text(json.dumps(TINY_CONFIG))
-    open_clip.add_model_config(folder / f"{TINY}.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY, pretrained=None)
-    path = folder / "tiny_clip.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return str(path)
+    """The tiny CLIP architecture, registered with open_clip, and its random weights (safetensors)."""
+    return save_tiny_clip_weights(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(scope="module")
