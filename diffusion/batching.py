@@ -10,9 +10,9 @@ and each sample keeps its own label and guidance w (`guided_eps` takes one w per
 
 Reproducibility: a request's x_T is drawn from its own `torch.Generator().manual_seed(seed)`
 exactly as `DigitDiffusion.denoising_steps` draws it, so a request gives the same images
-whether it ran alone or beside others (up to float rounding). Only *deterministic* samplers
-are shared (dpm++2m, and ddim with eta = 0): ddpm draws fresh noise at every step from the
-request's generator, so a ddpm request always runs on its own.
+whether it ran alone or beside others (up to float rounding). Stochastic samplers (ddpm,
+dpm++2m-sde, ddim with eta > 0) draw fresh noise at every step; in a shared batch each request's
+rows still draw theirs from the request's own generator, in the same order as alone.
 
 Identical requests (same digits, w, sampler, steps and seed: the request's `key`) are computed
 once: a request identical to one still running shares its result, and the last results are
@@ -60,24 +60,20 @@ class SampleRequest:
     eta: float = 0.0
     generator: torch.Generator | None = None
     key: tuple | None = None
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
 
     @property
     def num_samples(self) -> int:
         return len(self.labels)
 
     @property
-    def shareable(self) -> bool:
-        """Whether it may share a batch: only when the sampler adds no noise after x_T."""
-        return self.sampler == "dpm++2m" or (self.sampler == "ddim" and self.eta == 0)
-
-    @property
     def batch_key(self) -> tuple:
         """Requests can share network evaluations only if they visit the same time steps."""
-        return (self.sampler, self.steps, self.eta)
+        return (self.sampler, self.steps, self.eta, self.guidance_interval)
 
 
 def seeded_request(digits: Sequence[int], *, guidance: float, sampler: str, steps: int, seed: int,
-                   eta: float = 0.0) -> SampleRequest:
+                   eta: float = 0.0, guidance_interval: tuple[float, float] = (0.0, 1.0)) -> SampleRequest:
     """A request whose x_T comes from `torch.Generator().manual_seed(seed)`, as in `denoising_steps`.
 
     digits: N digits 0..9 (already validated, e.g. by `DigitDiffusion.check_request`).
@@ -87,7 +83,9 @@ def seeded_request(digits: Sequence[int], *, guidance: float, sampler: str, step
     return SampleRequest(labels=torch.tensor(list(digits), dtype=torch.long),
                          guidance=torch.full((len(digits),), float(guidance)),
                          x_T=x_T, sampler=sampler, steps=steps, eta=eta, generator=generator,
-                         key=(tuple(digits), float(guidance), sampler, steps, int(seed), float(eta)))
+                         guidance_interval=tuple(guidance_interval),
+                         key=(tuple(digits), float(guidance), sampler, steps, int(seed), float(eta),
+                              tuple(guidance_interval)))
 
 
 def request_steps(model: torch.nn.Module, schedule: NoiseSchedule, request: SampleRequest) -> Iterator[SamplerStep]:
@@ -105,7 +103,8 @@ def request_steps(model: torch.nn.Module, schedule: NoiseSchedule, request: Samp
         try:
             for step in sample_steps(model, schedule, request.labels, guidance=request.guidance,
                                      sampler=request.sampler, steps=request.steps, eta=request.eta,
-                                     generator=request.generator, x_T=request.x_T):
+                                     generator=request.generator, x_T=request.x_T,
+                                     guidance_interval=request.guidance_interval):
                 handover.put(step)
                 if stop.is_set():
                     break
@@ -127,36 +126,34 @@ def sample_together(model: torch.nn.Module, schedule: NoiseSchedule,
                     requests: Sequence[SampleRequest]) -> list[np.ndarray]:
     """Run requests as one batch; returns each request's samples as uint8 [N_i,28,28].
 
-    All requests must have the same `batch_key`; several requests must all be `shareable`.
+    All requests must have the same `batch_key`. Each request's per-step noise (if its sampler
+    draws any) comes from its own generator.
     """
     first = requests[0]
     if any(r.batch_key != first.batch_key for r in requests):
-        raise ValueError("requests in one batch must use the same sampler, steps and eta")
-    if len(requests) > 1 and not all(r.shareable for r in requests):
-        raise ValueError("only deterministic samplers (dpm++2m, ddim with eta=0) can share a batch")
+        raise ValueError("requests in one batch must use the same sampler, steps, eta and guidance interval")
     final = sample(model, schedule, torch.cat([r.labels for r in requests]),
                    guidance=torch.cat([r.guidance for r in requests]), sampler=first.sampler,
-                   steps=first.steps, eta=first.eta, generator=first.generator if len(requests) == 1 else None,
-                   x_T=torch.cat([r.x_T for r in requests]))
+                   steps=first.steps, eta=first.eta, generator=[(r.generator, r.num_samples) for r in requests],
+                   x_T=torch.cat([r.x_T for r in requests]), guidance_interval=first.guidance_interval)
     images = to_uint8(final)
     return np.split(images, np.cumsum([r.num_samples for r in requests])[:-1])
 
 
 def plan_batches(requests: Sequence[SampleRequest], max_samples: int) -> list[list[int]]:
-    """Group request indices into batches: shareable requests with the same `batch_key`, in arrival
-    order, at most `max_samples` samples per batch (a larger request gets a batch of its own);
-    every other request alone. Batches run in the order of their first request."""
+    """Group request indices into batches: requests with the same `batch_key`, in arrival order,
+    at most `max_samples` samples per batch (a larger request gets a batch of its own).
+    Batches run in the order of their first request."""
     batches: list[list[int]] = []
     open_batch: dict[tuple, list[int]] = {}  # batch_key -> the batch still accepting requests
     for i, request in enumerate(requests):
-        batch = open_batch.get(request.batch_key) if request.shareable else None
+        batch = open_batch.get(request.batch_key)
         if batch is not None and sum(requests[j].num_samples for j in batch) + request.num_samples <= max_samples:
             batch.append(i)
             continue
         batch = [i]
         batches.append(batch)
-        if request.shareable:
-            open_batch[request.batch_key] = batch
+        open_batch[request.batch_key] = batch
     return batches
 
 

@@ -9,18 +9,22 @@ lets a *sampler* move x from t_i to t_{i+1} (or to the clean image after the las
              With steps = T it is exactly Ho et al.'s loop over all T steps.
     ddim     Song et al. 2021; eta = 0 is deterministic, eta = 1 matches ddpm's noise level.
     dpm++2m  DPM-Solver++(2M), Lu et al. 2022: a second-order multistep solver of the
-             probability-flow ODE; good samples in ~10 steps.
+             probability-flow ODE; sharp samples in ~10 steps.
+    dpm++2m-sde  the same solver for the reverse *SDE*: each step forgets part of x_t and adds
+             fresh noise, which washes out the errors a deterministic ODE run carries to the end.
+             Its samples match the spread of real digits far better (lower Fréchet distance).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from .schedules import NoiseSchedule
 
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde")
 
 
 def guided_eps(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
@@ -33,11 +37,13 @@ def guided_eps(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels:
     With w = 0 everywhere only the conditional half is evaluated.
     """
     w = torch.as_tensor(guidance, dtype=x.dtype, device=x.device)
+    net_dtype = next(model.parameters()).dtype  # the network may run in bfloat16; the sampler's math stays float32
     if not bool((w != 0).any()):
-        return model(x, t, labels)
+        return model(x.to(net_dtype), t, labels).to(x.dtype)
     B = x.shape[0]
     mask = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(x.device)
-    eps_cond, eps_uncond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, labels]), mask).chunk(2)
+    x2 = torch.cat([x, x]).to(net_dtype)
+    eps_cond, eps_uncond = model(x2, torch.cat([t, t]), torch.cat([labels, labels]), mask).to(x.dtype).chunk(2)
     w = w.reshape(-1, 1, 1, 1) if w.dim() else w
     return (1 + w) * eps_cond - w * eps_uncond
 
@@ -67,6 +73,12 @@ def timestep_sequence(schedule: NoiseSchedule, num_steps: int, start_alpha_bar: 
     return torch.linspace(t_start, 1, num_steps, dtype=torch.float64).round().long().tolist()
 
 
+def is_guided_step(t: int, T: int, guidance_interval: tuple[float, float]) -> bool:
+    """Whether guidance applies at step t: lo ≤ t/T ≤ hi (Kynkäänniemi et al. 2024 guide only in a
+    middle interval). Outside it a step costs one network evaluation instead of two."""
+    return guidance_interval[0] <= t / T <= guidance_interval[1]
+
+
 @dataclass
 class SamplerStep:
     """What the loop reports after each step.
@@ -83,8 +95,18 @@ class SamplerStep:
     x0: torch.Tensor
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+# Where the randomness comes from: one generator for the whole batch, or, when several requests
+# share one batch, a list of (generator, rows): each request's rows are drawn from its own generator,
+# so a request gets the same samples whether it runs alone or beside others.
+Generators = torch.Generator | Sequence[tuple[torch.Generator, int]] | None
+
+
+def _randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     """Standard normal noise shaped like x, drawn from `generator` (on its own device) for reproducibility."""
+    if isinstance(generator, (list, tuple)):
+        if sum(n for _, n in generator) != x.shape[0]:
+            raise ValueError(f"the generators' rows {[n for _, n in generator]} do not add up to the batch {x.shape[0]}")
+        return torch.cat([_randn_like(x[:n], g) for g, n in generator])
     gen_device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
 
@@ -134,18 +156,46 @@ class _DPMSolverPP2M:
         return sigma_ratio * x - ab_s**0.5 * torch.expm1(torch.tensor(-h)).item() * d
 
 
+class _SDEDPMSolverPP2M(_DPMSolverPP2M):
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, §5), midpoint form. With λ = log(√ᾱ/√(1-ᾱ)), h = λ_s − λ_t:
+
+        x_s = (σ_s/σ_t)·e^{-h}·x_t + √ᾱ_s·(1 − e^{-2h})·(D0 + D1/2) + σ_s·√(1 − e^{-2h})·z
+
+    where D0 = x̂_0 and D1 = (x̂_0 − previous x̂_0)/r is the second-order correction.
+    """
+
+    def __call__(self, sched, x, x0, eps, t, s, gen, eta):
+        if s == 0:
+            return x0
+        ab_t, ab_s = sched.alpha_bar[t].item(), sched.alpha_bar[s].item()
+        lam_t = 0.5 * (math.log(ab_t) - math.log1p(-ab_t))
+        lam_s = 0.5 * (math.log(ab_s) - math.log1p(-ab_s))
+        h = lam_s - lam_t
+        d = x0
+        if self.prev_x0 is not None:
+            d = x0 + (x0 - self.prev_x0) * (h / self.prev_h) / 2
+        self.prev_x0, self.prev_h = x0, h
+        sigma_t, sigma_s = (1 - ab_t) ** 0.5, (1 - ab_s) ** 0.5
+        return (sigma_s / sigma_t * math.exp(-h)) * x + ab_s**0.5 * (-math.expm1(-2 * h)) * d \
+            + sigma_s * (-math.expm1(-2 * h)) ** 0.5 * _randn_like(x, gen)
+
+
 def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.Tensor, *,
                  guidance: float | torch.Tensor = 0.0, sampler: str = "dpm++2m", steps: int = 10,
-                 eta: float = 0.0, generator: torch.Generator | None = None,
+                 eta: float = 0.0, generator: Generators = None,
                  x_T: torch.Tensor | None = None, clip_x0: bool = True,
-                 start_alpha_bar: float = START_ALPHA_BAR) -> Iterator[SamplerStep]:
+                 start_alpha_bar: float = START_ALPHA_BAR,
+                 guidance_interval: tuple[float, float] = (0.0, 1.0)) -> Iterator[SamplerStep]:
     """Run the reverse process, yielding a `SamplerStep` after every step.
 
     labels: [B] digits 0..9 (one sample per entry); guidance: w (float or [B]);
     sampler: one of SAMPLERS; steps: network evaluations, 1..T; eta: DDIM noise (0 = deterministic);
-    generator: seeds x_T and any per-step noise, so the same seed gives the same samples;
+    generator: seeds x_T and any per-step noise, so the same seed gives the same samples
+        (or a list of (generator, rows) for a batch made of several requests);
     x_T: optional starting noise [B,1,28,28] (default: drawn from `generator`);
-    start_alpha_bar: where a few-step run starts (see `timestep_sequence`); clip_x0: clamp x̂_0 to [-1,1].
+    start_alpha_bar: where a few-step run starts (see `timestep_sequence`); clip_x0: clamp x̂_0 to [-1,1];
+    guidance_interval: (lo, hi) fractions of T; guidance applies only at steps with lo ≤ t/T ≤ hi and
+    the other steps use the plain conditional ε (one network evaluation instead of two).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -154,7 +204,8 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
     B = labels.shape[0]
     if x_T is None:
         x_T = _randn_like(torch.empty((B, 1, 28, 28), device=device), generator)
-    update: Callable = {"ddpm": _update_ddpm, "ddim": _update_ddim, "dpm++2m": _DPMSolverPP2M()}[sampler]
+    update: Callable = {"ddpm": _update_ddpm, "ddim": _update_ddim, "dpm++2m": _DPMSolverPP2M(),
+                       "dpm++2m-sde": _SDEDPMSolverPP2M()}[sampler]
     ts = timestep_sequence(schedule, steps, start_alpha_bar)
     x = x_T
     for i, t in enumerate(ts):
@@ -163,7 +214,8 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
         # this generator from another thread
         with torch.inference_mode():
             t_batch = torch.full((B,), t, device=device, dtype=torch.long)
-            eps = guided_eps(model, x, t_batch, labels, guidance)
+            eps = guided_eps(model, x, t_batch, labels,
+                             guidance if is_guided_step(t, schedule.num_steps, guidance_interval) else 0.0)
             x0 = schedule.predict_x0(x, t_batch, eps)
             if clip_x0:
                 x0 = x0.clamp(-1, 1)

@@ -1,5 +1,5 @@
-"""Request batching: shared batches give each request the images it would get alone, only
-deterministic samplers are shared, and the worker survives a failing batch."""
+"""Request batching: shared batches give each request the images it would get alone (stochastic
+samplers included: each request keeps its own noise), and the worker survives a failing batch."""
 import threading
 
 import numpy as np
@@ -57,12 +57,34 @@ def test_different_guidance_gives_different_images(pipe):
     assert np.abs(a.astype(int) - b.astype(int)).max() > 1
 
 
-def test_stochastic_samplers_are_never_shared(pipe):
-    ddpm = [seeded_request([1], guidance=1.0, sampler="ddpm", steps=5, seed=s) for s in (0, 1)]
-    ddim_noisy = seeded_request([1], guidance=1.0, sampler="ddim", steps=5, seed=0, eta=1.0)
-    assert not any(r.shareable for r in ddpm + [ddim_noisy])
-    with pytest.raises(ValueError, match="deterministic"):
-        sample_together(pipe.model, pipe.schedule, ddpm)
+@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("dpm++2m-sde", 0.0), ("ddim", 1.0)])
+def test_stochastic_requests_sharing_a_batch_get_what_they_get_alone(pipe, sampler, eta):
+    settings = [([1, 2], 1.0, 3), ([7], 2.5, 4), ([5, 5, 5], 0.0, 8)]
+    requests = [seeded_request(d, guidance=w, sampler=sampler, steps=5, seed=s, eta=eta) for d, w, s in settings]
+    together = sample_together(pipe.model, pipe.schedule, requests)
+    for (digits, w, seed), images in zip(settings, together):
+        assert_same_images(images, pipe.generate(digits, guidance=w, sampler=sampler, steps=5, seed=seed, eta=eta))
+
+
+def test_stochastic_samplers_really_draw_noise_after_x_T(pipe):
+    """Guards the test above: two requests with the same x_T but different step noise differ."""
+    a, b = (seeded_request([4], guidance=1.0, sampler="dpm++2m-sde", steps=5, seed=0) for _ in range(2))
+    b.generator.manual_seed(99)  # same x_T (already drawn), other per-step noise
+    images_a, images_b = sample_together(pipe.model, pipe.schedule, [a, b])
+    assert np.abs(images_a.astype(int) - images_b.astype(int)).max() > 1
+
+
+def test_a_guidance_interval_is_kept_in_shared_batches(pipe):
+    interval = (0.3, 1.0)
+    requests = [seeded_request([d], guidance=2.0, sampler="dpm++2m", steps=6, seed=d, guidance_interval=interval)
+                for d in (2, 6)]
+    for d, images in zip((2, 6), sample_together(pipe.model, pipe.schedule, requests)):
+        expected = pipe.generate([d], guidance=2.0, sampler="dpm++2m", steps=6, seed=d, guidance_interval=interval)
+        assert_same_images(images, expected)
+        everywhere = pipe.generate([d], guidance=2.0, sampler="dpm++2m", steps=6, seed=d)
+        assert np.abs(images.astype(int) - everywhere.astype(int)).max() > 1  # the interval changed something
+    mixed = [requests[0], seeded_request([1], guidance=2.0, sampler="dpm++2m", steps=6, seed=0)]
+    assert plan_batches(mixed, max_samples=100) == [[0], [1]]
 
 
 def test_plan_batches_groups_by_sampler_and_steps_and_caps_the_size():
