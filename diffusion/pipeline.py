@@ -20,14 +20,15 @@ import torch
 
 from .checkpoints import CHECKPOINT_DIR, load_module
 from .data import to_uint8
-from .model import ClassConditionalUNet, build_unet
-from .sampling import SAMPLERS, SamplerStep, sample_steps
+from .model import ClassConditionalUNet, bf16_is_fast, build_unet
+from .sampling import SAMPLERS, SamplerStep, is_guided_step, sample_steps, timestep_sequence
 from .schedules import NoiseSchedule
 
 DEFAULT_UNET = CHECKPOINT_DIR / "unet"
 DEFAULT_SAMPLER = "dpm++2m"
 DEFAULT_STEPS = 10
 DEFAULT_GUIDANCE = 2.0
+DEFAULT_GUIDANCE_INTERVAL = (0.0, 1.0)
 MAX_GUIDANCE = 20.0
 MAX_BATCH = 10_000
 
@@ -44,6 +45,13 @@ class DigitDiffusion:
     def num_train_steps(self) -> int:
         """T, the number of steps of the forward process the model was trained on."""
         return self.schedule.num_steps
+
+    def network_evaluations(self, steps: int, guidance: float,
+                            guidance_interval: tuple[float, float] = DEFAULT_GUIDANCE_INTERVAL) -> int:
+        """Network evaluations per sample: one per step, two at the steps where guidance applies."""
+        guided = sum(is_guided_step(t, self.num_train_steps, guidance_interval)
+                     for t in timestep_sequence(self.schedule, steps))
+        return steps + (guided if guidance else 0)
 
     def check_request(self, digits: Sequence[int], guidance: float, sampler: str, steps: int) -> list[int]:
         """Validate a request; raises ValueError with a message meant for the user. Returns the digits."""
@@ -67,21 +75,31 @@ class DigitDiffusion:
 
     def denoising_steps(self, digits: Sequence[int], *, guidance: float = DEFAULT_GUIDANCE,
                         sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, seed: int = 0,
-                        eta: float = 0.0) -> Iterator[SamplerStep]:
-        """Yield a `SamplerStep` (x_t and x̂_0, float [B,1,28,28] in [-1,1]) after each step."""
+                        eta: float = 0.0, guidance_interval: tuple[float, float] = DEFAULT_GUIDANCE_INTERVAL,
+                        ) -> Iterator[SamplerStep]:
+        """Yield a `SamplerStep` (x_t and x̂_0, float [B,1,28,28] in [-1,1]) after each step.
+
+        guidance_interval: (lo, hi), guide only while lo ≤ t/T ≤ hi (see `sample_steps`).
+        """
         digits = self.check_request(digits, guidance, sampler, steps)
+        lo, hi = guidance_interval
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"guidance_interval must be (lo, hi) with 0 ≤ lo ≤ hi ≤ 1, got {guidance_interval!r}")
         generator = torch.Generator().manual_seed(int(seed))
         yield from sample_steps(self.model, self.schedule, torch.tensor(digits), guidance=float(guidance),
-                                sampler=sampler, steps=steps, eta=eta, generator=generator)
+                                sampler=sampler, steps=steps, eta=eta, generator=generator,
+                                guidance_interval=(float(lo), float(hi)))
 
     def generate(self, digits: Sequence[int], *, guidance: float = DEFAULT_GUIDANCE, sampler: str = DEFAULT_SAMPLER,
-                 steps: int = DEFAULT_STEPS, seed: int = 0, eta: float = 0.0) -> np.ndarray:
+                 steps: int = DEFAULT_STEPS, seed: int = 0, eta: float = 0.0,
+                 guidance_interval: tuple[float, float] = DEFAULT_GUIDANCE_INTERVAL) -> np.ndarray:
         """Samples of the requested digits as uint8 [N,28,28] (0 = background, 255 = ink).
 
         The same seed and settings always give the same images.
         """
         last = None
-        for last in self.denoising_steps(digits, guidance=guidance, sampler=sampler, steps=steps, seed=seed, eta=eta):
+        for last in self.denoising_steps(digits, guidance=guidance, sampler=sampler, steps=steps, seed=seed, eta=eta,
+                                          guidance_interval=guidance_interval):
             pass
         return to_uint8(last.x)
 
@@ -98,7 +116,13 @@ class DigitDiffusion:
         return np.concatenate(out)
 
 
-def load_pipeline(checkpoint: str | Path = DEFAULT_UNET) -> DigitDiffusion:
-    """Load a diffusion checkpoint (default: the shipped one) into a `DigitDiffusion` on the CPU."""
+def load_pipeline(checkpoint: str | Path = DEFAULT_UNET, bf16: bool | None = None) -> DigitDiffusion:
+    """Load a diffusion checkpoint (default: the shipped one) into a `DigitDiffusion` on the CPU.
+
+    bf16: run the network in bfloat16 (about 2× faster where the CPU has bf16 kernels; the
+    sampler's arithmetic stays float32). None = where `bf16_is_fast()`.
+    """
     model, config = load_module(checkpoint, build_unet, kind="diffusion-unet")
+    if bf16 if bf16 is not None else bf16_is_fast():
+        model = model.to(torch.bfloat16)
     return DigitDiffusion(model, NoiseSchedule.create(**config["schedule"]), config)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .checkpoints import checkpoint_paths, read_config, read_tensors, save_checkpoint
 from .data import load_mnist, save_grid, synthetic_digits, to_model_range
-from .model import UNetConfig, build_unet, count_parameters
+from .model import UNetConfig, bf16_is_fast, build_unet, count_parameters
 from .sampling import sample
 from .schedules import SCHEDULE_NAMES, NoiseSchedule
 
@@ -99,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-guidance", type=float, default=1.0, help="w for the per-epoch sample grid")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on GPU")
+    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast (on by default on a GPU or a CPU with bf16 kernels)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -154,7 +154,7 @@ def main(argv=None) -> None:
               f"{world} process(es) on {device}, schedule {schedule.name} T={schedule.num_steps}")
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    use_amp = device.type == "cuda" and not args.no_amp
+    use_amp = bf16_is_fast(device) and not args.no_amp
     step, epoch = config["training"]["steps"], config["training"]["epochs"]
     seconds_before, t_start = config["training"]["seconds"], time.time()
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank + step)
