@@ -188,7 +188,8 @@ class SamplingSettings:
     def request(self, guidance: float | None = None) -> SampleRequest:
         """The engine request, its noise seeded by `seed` (so the same settings give the same images)."""
         return seeded_request(self.digits, guidance=self.guidance if guidance is None else guidance,
-                              sampler=self.sampler, steps=self.steps, seed=self.seed)
+                              sampler=self.sampler, steps=self.steps, seed=self.seed,
+                              guidance_interval=engine.DEFAULT_GUIDANCE_INTERVAL)
 
 
 # ======================================================================================================
