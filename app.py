@@ -957,7 +957,6 @@ def build_app(classroom: Classroom) -> gr.Blocks:
 def load_classroom(unet: str, classifier: str, clip_model: str | None, clip_pretrained: str | None) -> Classroom:
     """Load the checkpoints (CLIP only later, in the background, when first needed)."""
     pipe = engine.load_pipeline(unet)
-    pipe.model.to(memory_format=torch.channels_last)  # oneDNN's CPU convolutions run ~20% faster; same numbers
     return Classroom(pipe, load_classifier(classifier), LazyClip(clip_model, clip_pretrained), read_config(classifier))
 
 

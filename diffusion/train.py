@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import time
 from pathlib import Path
@@ -87,7 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=15, help="train until this many epochs are done in total")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimiser steps (0 = no limit)")
     p.add_argument("--batch-size", type=int, default=128, help="per process")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (after warm-up)")
+    p.add_argument("--min-lr", type=float, default=2e-5, help="learning rate at the end of --epochs (cosine decay)")
     p.add_argument("--warmup-steps", type=int, default=500)
     p.add_argument("--label-dropout", type=float, default=0.1)
     p.add_argument("--ema-decay", type=float, default=0.9995)
@@ -123,7 +125,8 @@ def main(argv=None) -> None:
         "architecture": UNetConfig(channels=tuple(args.channels), attention_heads=args.attention_heads,
                                    embedding_dim=args.embedding_dim).to_dict(),
         "schedule": NoiseSchedule.create(args.schedule, args.timesteps).to_config(),
-        "training": {"batch_size": args.batch_size * world, "lr": args.lr, "label_dropout": args.label_dropout,
+        "training": {"batch_size": args.batch_size * world, "lr": args.lr, "min_lr": args.min_lr,
+                     "lr_decay_epochs": args.epochs, "label_dropout": args.label_dropout,
                      "ema_decay": args.ema_decay, "data": f"synthetic({args.synthetic})" if args.synthetic else "MNIST train (60,000)",
                      "epochs": 0, "steps": 0, "seconds": 0.0, "device": str(device), "processes": world},
     }
@@ -166,7 +169,7 @@ def main(argv=None) -> None:
         losses = []
         for idx in bar:
             for g in opt.param_groups:
-                g["lr"] = args.lr * min(1.0, (step + 1) / args.warmup_steps)
+                g["lr"] = learning_rate(step, args.epochs * len(batches), args.lr, args.min_lr, args.warmup_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = diffusion_loss(ddp_model, schedule, x_all[idx].to(device), y_all[idx].to(device),
                                       args.label_dropout, gen)
@@ -191,6 +194,15 @@ def main(argv=None) -> None:
                   f"{config['training']['seconds'] / 60:.1f} min total", flush=True)
     if distributed:
         dist.destroy_process_group()
+
+
+def learning_rate(step: int, total_steps: int, peak: float, final: float, warmup_steps: int) -> float:
+    """Linear warm-up to `peak`, then a cosine decay to `final` at `total_steps` (the last epoch).
+    Small steps at the end settle the weights; EMA then averages a calmer trajectory."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
 
 
 def _save(out, state_stem, config, model, ema, opt) -> None:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from diffusion.data import synthetic_digits, to_model_range
@@ -85,3 +86,12 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert cfg["training"]["processes"] == 2
     assert cfg["training"]["steps"] == 4  # 64 images / 2 ranks / batch 8
     assert cfg["training"]["batch_size"] == 16
+
+
+def test_learning_rate_warms_up_then_decays_to_the_final_rate():
+    from diffusion.train import learning_rate
+    lrs = [learning_rate(step, 1000, 1e-3, 2e-5, 100) for step in range(1100)]
+    assert lrs[0] == pytest.approx(1e-5) and lrs[99] == pytest.approx(1e-3)
+    assert lrs[550] == pytest.approx((1e-3 + 2e-5) / 2, rel=1e-3)  # half-way through the decay
+    assert all(a >= b for a, b in zip(lrs[99:], lrs[100:]))
+    assert lrs[1000] == lrs[1099] == pytest.approx(2e-5)
