@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffusion import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, load_pipeline  # noqa: E402
+from diffusion.pipeline import DEFAULT_GUIDANCE_INTERVAL  # noqa: E402
 from diffusion.sampling import guided_eps  # noqa: E402
 
 
@@ -50,18 +51,24 @@ def main() -> None:
 
     figures = {
         "threads": torch.get_num_threads(),
-        "defaults": {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE},
+        "network_dtype": str(next(pipe.model.parameters()).dtype),
+        "defaults": {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE,
+                     "guidance_interval": list(DEFAULT_GUIDANCE_INTERVAL),
+                     "network_evals_per_sample": pipe.network_evaluations(DEFAULT_STEPS, DEFAULT_GUIDANCE)},
         "grid_seconds_median": statistics.median(grid_s), "grid_seconds_best": min(grid_s),
         "ms_per_guided_eval_batch20": 1000 * statistics.median(eval_s),
     }
-    print(f"torch threads: {figures['threads']}; defaults: {DEFAULT_SAMPLER}, {DEFAULT_STEPS} steps, w = {DEFAULT_GUIDANCE:g}")
+    print(f"torch threads: {figures['threads']}; network in {figures['network_dtype']}; defaults: {DEFAULT_SAMPLER}, "
+          f"{DEFAULT_STEPS} steps, w = {DEFAULT_GUIDANCE:g} while {DEFAULT_GUIDANCE_INTERVAL[0]:g} ≤ t/T ≤ "
+          f"{DEFAULT_GUIDANCE_INTERVAL[1]:g} ({figures['defaults']['network_evals_per_sample']} network evaluations per sample)")
     print(f"10-digit grid at the app's defaults: median {figures['grid_seconds_median']:.3f} s, "
           f"best {figures['grid_seconds_best']:.3f} s over {args.repeats} runs (bar: <= 1.0 s)")
     print(f"one guided network evaluation (batch 20): {figures['ms_per_guided_eval_batch20']:.1f} ms")
     if not args.skip_ddpm:
         T = pipe.num_train_steps
         t0 = time.perf_counter()
-        pipe.generate(digits, sampler="ddpm", steps=T, guidance=DEFAULT_GUIDANCE or 1.0, seed=0)
+        pipe.generate(digits, sampler="ddpm", steps=T, guidance=DEFAULT_GUIDANCE or 1.0, seed=0,
+                      guidance_interval=(0.0, 1.0))  # the course's loop: guided at every step
         figures["ddpm_full_T_seconds"] = time.perf_counter() - t0
         figures["speedup_vs_full_ddpm"] = figures["ddpm_full_T_seconds"] / figures["grid_seconds_median"]
         print(f"same grid with full DDPM ({T} guided steps): {figures['ddpm_full_T_seconds']:.1f} s "

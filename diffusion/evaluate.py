@@ -125,7 +125,7 @@ def main(argv=None) -> None:
     p.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER))
     p.add_argument("--per-class", type=int, default=200, help="samples per digit (200 -> 2,000 in all)")
     p.add_argument("--guidance", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
-    p.add_argument("--settings", nargs="+", default=["dpm++2m:8", "dpm++2m:10", "ddim:20"],
+    p.add_argument("--settings", nargs="+", default=["dpm++2m:10", "dpm++2m-sde:15", "dpm++2m-sde:20"],
                    help="sampler:steps, or sampler:steps:lo-hi to guide only while lo ≤ t/T ≤ hi")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--out", default=str(CHECKPOINT_DIR / "evaluation"), help="writes <out>.json and <out>.md")

@@ -154,7 +154,8 @@ def main(argv=None) -> None:
     x_all, y_all = to_model_range(images), labels
     if is_main:
         print(f"U-Net {count_parameters(model) / 1e6:.2f} M parameters, {len(x_all)} images, "
-              f"{world} process(es) on {device}, schedule {schedule.name} T={schedule.num_steps}")
+              f"{world} process(es) on {device}{' with bf16 autocast' if bf16_is_fast(device) and not args.no_amp else ''}, "
+              f"schedule {schedule.name} T={schedule.num_steps}")
         log_dir.mkdir(parents=True, exist_ok=True)
 
     use_amp = bf16_is_fast(device) and not args.no_amp
