@@ -25,9 +25,9 @@ from .sampling import SAMPLERS, SamplerStep, is_guided_step, sample_steps, times
 from .schedules import NoiseSchedule
 
 DEFAULT_UNET = CHECKPOINT_DIR / "unet"
-DEFAULT_SAMPLER = "dpm++2m"
-DEFAULT_STEPS = 10
-DEFAULT_GUIDANCE = 2.0
+DEFAULT_SAMPLER = "dpm++2m-sde"
+DEFAULT_STEPS = 15
+DEFAULT_GUIDANCE = 0.5
 DEFAULT_GUIDANCE_INTERVAL = (0.0, 1.0)
 MAX_GUIDANCE = 20.0
 MAX_BATCH = 10_000
