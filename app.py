@@ -47,7 +47,7 @@ from diffusion.classifier import DEFAULT_CLASSIFIER, load_classifier  # noqa: E4
 from diffusion.checkpoints import read_config  # noqa: E402
 from diffusion.data import SHIPPED_DIGITS, grid_image, to_model_range, to_uint8  # noqa: E402
 from diffusion.model import count_parameters  # noqa: E402
-from diffusion.sampling import SAMPLERS  # noqa: E402
+from diffusion.sampling import EVERY_STEP, SAMPLERS  # noqa: E402
 from diffusion.schedules import SCHEDULE_NAMES, NoiseSchedule  # noqa: E402
 from diffusion.scoring import (DEFAULT_QUALITY_PROMPTS, ClassifierScores, ClipScores, ClipUnavailable,  # noqa: E402
                                LazyClip, agreement, classifier_scores)
@@ -872,7 +872,7 @@ def forward_tab(classroom: Classroom) -> dict:
 def guidance_interval_text() -> str:
     """Where the default guidance applies, if not at every step."""
     lo, hi = engine.DEFAULT_GUIDANCE_INTERVAL
-    if (lo, hi) == (0.0, 1.0):
+    if (lo, hi) == EVERY_STEP:
         return ""
     return (f", applied only while {lo:g} ≤ t/T ≤ {hi:g} (the digit's identity is settled at large t; "
             f"guiding the fine detail at small t only makes digits more alike, and skipping it saves "

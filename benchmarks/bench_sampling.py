@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffusion import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, load_pipeline  # noqa: E402
 from diffusion.pipeline import DEFAULT_GUIDANCE_INTERVAL  # noqa: E402
-from diffusion.sampling import guided_eps  # noqa: E402
+from diffusion.sampling import EVERY_STEP, guided_eps  # noqa: E402
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -68,7 +68,7 @@ def main() -> None:
         T = pipe.num_train_steps
         t0 = time.perf_counter()
         pipe.generate(digits, sampler="ddpm", steps=T, guidance=DEFAULT_GUIDANCE or 1.0, seed=0,
-                      guidance_interval=(0.0, 1.0))  # the course's loop: guided at every step
+                      guidance_interval=EVERY_STEP)  # the course's loop: guided at every step
         figures["ddpm_full_T_seconds"] = time.perf_counter() - t0
         figures["speedup_vs_full_ddpm"] = figures["ddpm_full_T_seconds"] / figures["grid_seconds_median"]
         print(f"same grid with full DDPM ({T} guided steps): {figures['ddpm_full_T_seconds']:.1f} s "

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .data import to_uint8
-from .sampling import SamplerStep, sample, sample_steps
+from .sampling import EVERY_STEP, SamplerStep, sample, sample_steps
 from .schedules import NoiseSchedule
 
 DEFAULT_MAX_BATCH_SAMPLES = 50  # samples per shared batch: larger batches are no faster per sample on a CPU,
@@ -60,7 +60,7 @@ class SampleRequest:
     eta: float = 0.0
     generator: torch.Generator | None = None
     key: tuple | None = None
-    guidance_interval: tuple[float, float] = (0.0, 1.0)
+    guidance_interval: tuple[float, float] = EVERY_STEP
 
     @property
     def num_samples(self) -> int:
@@ -73,7 +73,7 @@ class SampleRequest:
 
 
 def seeded_request(digits: Sequence[int], *, guidance: float, sampler: str, steps: int, seed: int,
-                   eta: float = 0.0, guidance_interval: tuple[float, float] = (0.0, 1.0)) -> SampleRequest:
+                   eta: float = 0.0, guidance_interval: tuple[float, float] = EVERY_STEP) -> SampleRequest:
     """A request whose x_T comes from `torch.Generator().manual_seed(seed)`, as in `denoising_steps`.
 
     digits: N digits 0..9 (already validated, e.g. by `DigitDiffusion.check_request`).

@@ -26,6 +26,7 @@ from .checkpoints import CHECKPOINT_DIR
 from .classifier import DEFAULT_CLASSIFIER, DigitClassifier, load_classifier
 from .data import load_mnist, to_model_range
 from .pipeline import DEFAULT_UNET, load_pipeline
+from .sampling import EVERY_STEP
 
 # The quality bar (issue 2): ≥ 99.5% overall, every digit ≥ 99%, FD ≤ 1.5 × the real-vs-real floor.
 BAR_ACCURACY, BAR_WORST_DIGIT, BAR_FD_RATIO = 0.995, 0.99, 1.5
@@ -96,7 +97,7 @@ def passes_bar(result: dict, fd_floor: float) -> bool:
 def parse_setting(text: str) -> tuple[str, int, tuple[float, float]]:
     """'dpm++2m:10' -> ('dpm++2m', 10, (0.0, 1.0)); 'dpm++2m-sde:10:0.4-1' guides only while 0.4 ≤ t/T ≤ 1."""
     sampler, steps, *interval = text.split(":")
-    lo, hi = map(float, interval[0].split("-")) if interval else (0.0, 1.0)
+    lo, hi = map(float, interval[0].split("-")) if interval else EVERY_STEP
     return sampler, int(steps), (lo, hi)
 
 

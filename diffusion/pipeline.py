@@ -21,14 +21,14 @@ import torch
 from .checkpoints import CHECKPOINT_DIR, load_module
 from .data import to_uint8
 from .model import ClassConditionalUNet, bf16_is_fast, build_unet
-from .sampling import SAMPLERS, SamplerStep, is_guided_step, sample_steps, timestep_sequence
+from .sampling import EVERY_STEP, SAMPLERS, SamplerStep, is_guided_step, sample_steps, timestep_sequence
 from .schedules import NoiseSchedule
 
 DEFAULT_UNET = CHECKPOINT_DIR / "unet"
 DEFAULT_SAMPLER = "dpm++2m-sde"
 DEFAULT_STEPS = 15
 DEFAULT_GUIDANCE = 0.5
-DEFAULT_GUIDANCE_INTERVAL = (0.0, 1.0)
+DEFAULT_GUIDANCE_INTERVAL = EVERY_STEP
 MAX_GUIDANCE = 20.0
 MAX_BATCH = 10_000
 

@@ -73,6 +73,9 @@ def timestep_sequence(schedule: NoiseSchedule, num_steps: int, start_alpha_bar: 
     return torch.linspace(t_start, 1, num_steps, dtype=torch.float64).round().long().tolist()
 
 
+EVERY_STEP = (0.0, 1.0)  # the guidance interval that guides at every step: the plain formula above
+
+
 def is_guided_step(t: int, T: int, guidance_interval: tuple[float, float]) -> bool:
     """Whether guidance applies at step t: lo ≤ t/T ≤ hi (Kynkäänniemi et al. 2024 guide only in a
     middle interval). Outside it a step costs one network evaluation instead of two."""
@@ -134,47 +137,49 @@ def _update_ddim(sched, x, x0, eps, t, s, gen, eta):
 
 
 class _DPMSolverPP2M:
-    """DPM-Solver++(2M) in data-prediction form. Keeps the previous x̂_0 and step size between calls."""
+    """DPM-Solver++(2M) in data-prediction form. Keeps the previous x̂_0 and step size between calls.
+
+    With λ = log(√ᾱ/√(1-ᾱ)) and h = λ_s − λ_t, a step t -> s moves along the probability-flow ODE:
+
+        x_s = (σ_s/σ_t)·x_t − √ᾱ_s·(e^{-h} − 1)·D
+
+    where D = x̂_0 + (x̂_0 − previous x̂_0)/(2r), r = previous h / h, is the second-order estimate.
+    """
 
     def __init__(self):
         self.prev_x0 = None
         self.prev_h = None
 
+    def _second_order(self, sched, x0, t, s):
+        """(ᾱ_t, ᾱ_s, h, D) for the step t -> s; remembers x̂_0 and h for the next step."""
+        ab_t, ab_s = sched.alpha_bar[t].item(), sched.alpha_bar[s].item()
+        log_snr = sched.log_snr
+        h = 0.5 * (log_snr[s] - log_snr[t]).item()  # λ = log(√ᾱ/√(1-ᾱ)) is half the log-SNR
+        d = x0
+        if self.prev_x0 is not None:
+            d = x0 + (x0 - self.prev_x0) * (h / self.prev_h) / 2
+        self.prev_x0, self.prev_h = x0, h
+        return ab_t, ab_s, h, d
+
     def __call__(self, sched, x, x0, eps, t, s, gen, eta):
         if s == 0:  # the last step lands on the clean image: first order, x_0 = x̂_0
             return x0
-        ab_t, ab_s = sched.alpha_bar[t].item(), sched.alpha_bar[s].item()
-        lam_t = 0.5 * (torch.log(torch.tensor(ab_t)) - torch.log1p(torch.tensor(-ab_t))).item()
-        lam_s = 0.5 * (torch.log(torch.tensor(ab_s)) - torch.log1p(torch.tensor(-ab_s))).item()
-        h = lam_s - lam_t
-        d = x0
-        if self.prev_x0 is not None:
-            r = self.prev_h / h
-            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * self.prev_x0
-        self.prev_x0, self.prev_h = x0, h
+        ab_t, ab_s, h, d = self._second_order(sched, x0, t, s)
         sigma_ratio = ((1 - ab_s) / (1 - ab_t)) ** 0.5
-        return sigma_ratio * x - ab_s**0.5 * torch.expm1(torch.tensor(-h)).item() * d
+        return sigma_ratio * x - ab_s**0.5 * math.expm1(-h) * d
 
 
 class _SDEDPMSolverPP2M(_DPMSolverPP2M):
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022, §5), midpoint form. With λ = log(√ᾱ/√(1-ᾱ)), h = λ_s − λ_t:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, §5), midpoint form: the same D, but each step also
+    forgets part of x_t and adds fresh noise z:
 
-        x_s = (σ_s/σ_t)·e^{-h}·x_t + √ᾱ_s·(1 − e^{-2h})·(D0 + D1/2) + σ_s·√(1 − e^{-2h})·z
-
-    where D0 = x̂_0 and D1 = (x̂_0 − previous x̂_0)/r is the second-order correction.
+        x_s = (σ_s/σ_t)·e^{-h}·x_t + √ᾱ_s·(1 − e^{-2h})·D + σ_s·√(1 − e^{-2h})·z
     """
 
     def __call__(self, sched, x, x0, eps, t, s, gen, eta):
         if s == 0:
             return x0
-        ab_t, ab_s = sched.alpha_bar[t].item(), sched.alpha_bar[s].item()
-        lam_t = 0.5 * (math.log(ab_t) - math.log1p(-ab_t))
-        lam_s = 0.5 * (math.log(ab_s) - math.log1p(-ab_s))
-        h = lam_s - lam_t
-        d = x0
-        if self.prev_x0 is not None:
-            d = x0 + (x0 - self.prev_x0) * (h / self.prev_h) / 2
-        self.prev_x0, self.prev_h = x0, h
+        ab_t, ab_s, h, d = self._second_order(sched, x0, t, s)
         sigma_t, sigma_s = (1 - ab_t) ** 0.5, (1 - ab_s) ** 0.5
         return (sigma_s / sigma_t * math.exp(-h)) * x + ab_s**0.5 * (-math.expm1(-2 * h)) * d \
             + sigma_s * (-math.expm1(-2 * h)) ** 0.5 * _randn_like(x, gen)
@@ -185,7 +190,7 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
                  eta: float = 0.0, generator: Generators = None,
                  x_T: torch.Tensor | None = None, clip_x0: bool = True,
                  start_alpha_bar: float = START_ALPHA_BAR,
-                 guidance_interval: tuple[float, float] = (0.0, 1.0)) -> Iterator[SamplerStep]:
+                 guidance_interval: tuple[float, float] = EVERY_STEP) -> Iterator[SamplerStep]:
     """Run the reverse process, yielding a `SamplerStep` after every step.
 
     labels: [B] digits 0..9 (one sample per entry); guidance: w (float or [B]);
