@@ -133,16 +133,15 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     pipe, classifier = load_pipeline(args.checkpoint), load_classifier(args.classifier)
-    test_x = to_model_range(load_mnist(args.data_dir, train=False)[0])
-    train_x = to_model_range(load_mnist(args.data_dir, train=True)[0])
+    test_images, test_y = load_mnist(args.data_dir, train=False)
+    train_images, train_y = load_mnist(args.data_dir, train=True)
+    test_x, train_x = to_model_range(test_images), to_model_range(train_images)
     test_feats = classifier_features(classifier, test_x)
-    train_y = load_mnist(args.data_dir, train=True)[1]
     floor_fds = [frechet_distance(classifier_features(classifier, train_x[balanced_subset(train_y, args.per_class, seed)]),
                                   test_feats) for seed in range(args.seed, args.seed + FLOOR_DRAWS)]
     floor = {"fd": float(np.mean(floor_fds)), "fd_draws": floor_fds,
              "nn_distance": nearest_neighbour_distance(test_x[:10 * args.per_class], train_x).mean().item(),
-             "test_accuracy_of_classifier": (classifier.predict_proba(test_x).argmax(1)
-                                             == load_mnist(args.data_dir, train=False)[1]).float().mean().item()}
+             "test_accuracy_of_classifier": (classifier.predict_proba(test_x).argmax(1) == test_y).float().mean().item()}
     print(f"floor: FD {floor['fd']:.3f}, NN distance {floor['nn_distance']:.3f}; "
           f"classifier test accuracy {floor['test_accuracy_of_classifier']:.4%}", flush=True)
 

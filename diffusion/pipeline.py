@@ -53,7 +53,8 @@ class DigitDiffusion:
                      for t in timestep_sequence(self.schedule, steps))
         return steps + (guided if guidance else 0)
 
-    def check_request(self, digits: Sequence[int], guidance: float, sampler: str, steps: int) -> list[int]:
+    def check_request(self, digits: Sequence[int], guidance: float, sampler: str, steps: int,
+                      guidance_interval: tuple[float, float] = DEFAULT_GUIDANCE_INTERVAL) -> list[int]:
         """Validate a request; raises ValueError with a message meant for the user. Returns the digits."""
         try:
             digits = [int(d) for d in digits]
@@ -71,6 +72,9 @@ class DigitDiffusion:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.num_train_steps:
             raise ValueError(f"steps must be an integer from 1 to {self.num_train_steps}, got {steps!r}")
+        lo, hi = guidance_interval
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"guidance_interval must be (lo, hi) with 0 ≤ lo ≤ hi ≤ 1, got {guidance_interval!r}")
         return digits
 
     def denoising_steps(self, digits: Sequence[int], *, guidance: float = DEFAULT_GUIDANCE,
@@ -81,10 +85,8 @@ class DigitDiffusion:
 
         guidance_interval: (lo, hi), guide only while lo ≤ t/T ≤ hi (see `sample_steps`).
         """
-        digits = self.check_request(digits, guidance, sampler, steps)
+        digits = self.check_request(digits, guidance, sampler, steps, guidance_interval)
         lo, hi = guidance_interval
-        if not 0 <= lo <= hi <= 1:
-            raise ValueError(f"guidance_interval must be (lo, hi) with 0 ≤ lo ≤ hi ≤ 1, got {guidance_interval!r}")
         generator = torch.Generator().manual_seed(int(seed))
         yield from sample_steps(self.model, self.schedule, torch.tensor(digits), guidance=float(guidance),
                                 sampler=sampler, steps=steps, eta=eta, generator=generator,

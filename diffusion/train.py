@@ -152,13 +152,13 @@ def main(argv=None) -> None:
 
     images, labels = synthetic_digits(args.synthetic, args.seed) if args.synthetic else load_mnist(args.data_dir)
     x_all, y_all = to_model_range(images), labels
+    use_amp = bf16_is_fast(device) and not args.no_amp
     if is_main:
         print(f"U-Net {count_parameters(model) / 1e6:.2f} M parameters, {len(x_all)} images, "
-              f"{world} process(es) on {device}{' with bf16 autocast' if bf16_is_fast(device) and not args.no_amp else ''}, "
+              f"{world} process(es) on {device}{' with bf16 autocast' if use_amp else ''}, "
               f"schedule {schedule.name} T={schedule.num_steps}")
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    use_amp = bf16_is_fast(device) and not args.no_amp
     step, epoch = config["training"]["steps"], config["training"]["epochs"]
     seconds_before, t_start = config["training"]["seconds"], time.time()
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank + step)

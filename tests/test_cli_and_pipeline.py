@@ -57,6 +57,7 @@ def test_cli_defaults_are_the_app_defaults():
     (dict(digits=[10]), "from 0 to 9"), (dict(digits=[]), "at least one"), (dict(digits=["x"]), "integers"),
     (dict(guidance=float("nan")), "finite"), (dict(guidance=float("inf")), "finite"), (dict(guidance=-1.0), "from 0"),
     (dict(steps=0), "steps"), (dict(steps=10**6), "steps"), (dict(steps=2.5), "steps"), (dict(sampler="euler"), "sampler"),
+    (dict(guidance_interval=(0.7, 0.2)), "guidance_interval"), (dict(guidance_interval=(-0.1, 1.0)), "guidance_interval"),
 ])
 def test_pipeline_rejects_bad_requests(tiny_checkpoint, bad, message):
     pipe = load_pipeline(tiny_checkpoint)
