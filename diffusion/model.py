@@ -16,6 +16,10 @@ It follows the course's ContextUnet and the improvements the course names:
   which classifier-free guidance needs.
 * Both embeddings are added and enter every residual block as a per-channel scale and shift
   of the GroupNorm output (FiLM).
+* Guidance head (optional, `guidance_head=True`): a second output channel that predicts the
+  guidance direction ε(x,c) − ε(x,∅). Guided sampling then needs ONE network pass per step
+  instead of two: ε = ε(x,c) + w·(ε(x,c) − ε(x,∅)) = (1+w)·ε(x,c) − w·ε(x,∅), for any w.
+  Such a network is distilled from an ordinary one (`python -m diffusion.train --teacher …`).
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ class UNetConfig:
     groups: int = 8                            # GroupNorm groups
     num_classes: int = NUM_CLASSES
     image_channels: int = 1
+    guidance_head: bool = False                # also predict ε(x,c) − ε(x,∅) (see the module docstring)
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -97,8 +102,11 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
-        h = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
+        # [B,heads,HW,C/heads] each; contiguous, because the CPU's fused attention kernel needs it
+        # (with strided inputs it falls back to a path about 2× slower)
+        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(1)
+        h = F.scaled_dot_product_attention(q, k, v)
         return x + self.out(h.transpose(-1, -2).reshape(B, C, H, W))
 
 
@@ -110,6 +118,8 @@ class ClassConditionalUNet(nn.Module):
     label: [B] integer digits 0..9
     context_mask: [B] bool, True = drop the label (unconditional prediction ε(x,∅)); None = keep all.
     returns ε̂: [B,1,28,28]
+
+    With `config.guidance_head`, `eps_and_direction` returns ε̂ and the guidance direction together.
     """
 
     def __init__(self, config: UNetConfig | None = None):
@@ -152,7 +162,8 @@ class ClassConditionalUNet(nn.Module):
                 in_ch = ch[level - 1]
         self.up_attention = SelfAttention(ch[-1], cfg.attention_heads, G) if cfg.attention_heads else nn.Identity()
 
-        self.head = nn.Sequential(nn.GroupNorm(G, ch[0]), nn.SiLU(), nn.Conv2d(ch[0], cfg.image_channels, 3, padding=1))
+        out_channels = cfg.image_channels * (2 if cfg.guidance_head else 1)
+        self.head = nn.Sequential(nn.GroupNorm(G, ch[0]), nn.SiLU(), nn.Conv2d(ch[0], out_channels, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
@@ -167,6 +178,19 @@ class ClassConditionalUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.unet(x, t, label, context_mask)[:, :self.config.image_channels]
+
+    def eps_and_direction(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor,
+                          context_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ε̂(x,c), ε̂(x,c) − ε̂(x,∅)), each [B,1,28,28], from one pass; needs `config.guidance_head`.
+        A masked row's direction is 0 (without a label there is nothing to steer towards)."""
+        if not self.config.guidance_head:
+            raise ValueError("this network has no guidance head; guide it with two passes (sampling.guided_eps)")
+        return self.unet(x, t, label, context_mask).chunk(2, dim=1)
+
+    def unet(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor,
+             context_mask: torch.Tensor | None) -> torch.Tensor:
+        """The network itself: [B,1,28,28] -> [B,1 or 2,28,28] (see `forward`, `eps_and_direction`)."""
         emb = self.embed(t, label, context_mask)
         h = self.stem(x)
         skips = []
@@ -182,6 +206,18 @@ class ClassConditionalUNet(nn.Module):
                 h = self.up_attention(h)
             h = up(h)
         return self.head(h)
+
+
+def add_guidance_head(teacher: ClassConditionalUNet) -> ClassConditionalUNet:
+    """A copy of `teacher` with a guidance head: it starts out predicting ε̂ exactly as the
+    teacher does, and a guidance direction of 0 (the new output channel starts at zero)."""
+    student = ClassConditionalUNet(UNetConfig(**{**teacher.config.to_dict(), "guidance_head": True}))
+    weights = teacher.state_dict()
+    head = student.head[-1]
+    weights["head.2.weight"] = torch.cat([weights["head.2.weight"], torch.zeros_like(head.weight[1:])])
+    weights["head.2.bias"] = torch.cat([weights["head.2.bias"], torch.zeros_like(head.bias[1:])])
+    student.load_state_dict(weights)
+    return student
 
 
 def build_unet(config: dict) -> ClassConditionalUNet:

@@ -21,7 +21,8 @@ import torch
 from .checkpoints import CHECKPOINT_DIR, load_module
 from .data import to_uint8
 from .model import ClassConditionalUNet, bf16_is_fast, build_unet
-from .sampling import EVERY_STEP, SAMPLERS, SamplerStep, is_guided_step, sample_steps, timestep_sequence
+from .sampling import (EVERY_STEP, SAMPLERS, SamplerStep, has_guidance_head, is_guided_step, sample_steps,
+                       timestep_sequence)
 from .schedules import NoiseSchedule
 
 DEFAULT_UNET = CHECKPOINT_DIR / "unet"
@@ -48,7 +49,10 @@ class DigitDiffusion:
 
     def network_evaluations(self, steps: int, guidance: float,
                             guidance_interval: tuple[float, float] = DEFAULT_GUIDANCE_INTERVAL) -> int:
-        """Network evaluations per sample: one per step, two at the steps where guidance applies."""
+        """Network evaluations per sample: one per step, two at the steps where guidance applies
+        (one there too for a network with a guidance head)."""
+        if has_guidance_head(self.model):
+            return steps
         guided = sum(is_guided_step(t, self.num_train_steps, guidance_interval)
                      for t in timestep_sequence(self.schedule, steps))
         return steps + (guided if guidance else 0)

@@ -34,18 +34,28 @@ def guided_eps(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels:
     x: [B,1,28,28]; t: [B] time steps; labels: [B] digits 0..9;
     guidance w: a float, or a [B] tensor (one w per sample). Returns ε: [B,1,28,28].
     Both halves run as one doubled batch [x; x] with the second half's labels masked.
-    With w = 0 everywhere only the conditional half is evaluated.
+    With w = 0 everywhere only the conditional half is evaluated. A network with a guidance head
+    gives ε(x,c) and the direction ε(x,c) − ε(x,∅) from one pass: ε = ε(x,c) + w·direction.
     """
     w = torch.as_tensor(guidance, dtype=x.dtype, device=x.device)
+    w = w.reshape(-1, 1, 1, 1) if w.dim() else w
     net_dtype = next(model.parameters()).dtype  # the network may run in bfloat16; the sampler's math stays float32
     if not bool((w != 0).any()):
         return model(x.to(net_dtype), t, labels).to(x.dtype)
+    if has_guidance_head(model):
+        eps_cond, direction = model.eps_and_direction(x.to(net_dtype), t, labels)
+        return eps_cond.to(x.dtype) + w * direction.to(x.dtype)
     B = x.shape[0]
     mask = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(x.device)
     x2 = torch.cat([x, x]).to(net_dtype)
     eps_cond, eps_uncond = model(x2, torch.cat([t, t]), torch.cat([labels, labels]), mask).to(x.dtype).chunk(2)
-    w = w.reshape(-1, 1, 1, 1) if w.dim() else w
     return (1 + w) * eps_cond - w * eps_uncond
+
+
+def has_guidance_head(model: torch.nn.Module) -> bool:
+    """Whether one pass of `model` gives the guided ε (see `model.add_guidance_head`)."""
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "guidance_head", False))
 
 
 # Where a few-step sampler starts. Near t = T the cosine schedule leaves almost no signal (ᾱ_T ≈ 1e-8),

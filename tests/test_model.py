@@ -48,3 +48,26 @@ def test_time_embedding_distinguishes_steps():
 def test_default_config_is_small_enough_for_a_cpu():
     model = ClassConditionalUNet(UNetConfig())
     assert sum(p.numel() for p in model.parameters()) < 3_000_000
+
+
+def test_a_student_with_a_guidance_head_starts_as_its_teacher(tiny_unet_config):
+    from diffusion.model import add_guidance_head
+    teacher = _randomised(build_unet(tiny_unet_config))
+    student = add_guidance_head(teacher).eval()
+    assert student.config.guidance_head and not teacher.config.guidance_head
+    assert student.config.to_dict()["guidance_head"] is True  # saved in the checkpoint's JSON
+    x, t, y = torch.randn(4, 1, 28, 28), torch.tensor([1, 10, 30, 49]), torch.tensor([0, 3, 7, 9])
+    mask = torch.tensor([False, True, False, True])
+    with torch.no_grad():
+        eps, direction = student.eps_and_direction(x, t, y, mask)
+        torch.testing.assert_close(eps, teacher(x, t, y, mask))
+        torch.testing.assert_close(student(x, t, y, mask), eps)  # forward() is still ε̂ [B,1,28,28]
+    assert eps.shape == direction.shape == (4, 1, 28, 28)
+    assert torch.count_nonzero(direction) == 0  # the new output channel starts at zero
+
+
+def test_a_network_without_a_guidance_head_says_so(tiny_unet_config):
+    import pytest
+    model = build_unet(tiny_unet_config)
+    with pytest.raises(ValueError, match="no guidance head"):
+        model.eps_and_direction(torch.randn(1, 1, 28, 28), torch.tensor([3]), torch.tensor([1]))

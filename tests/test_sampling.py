@@ -116,6 +116,24 @@ def test_guidance_zero_is_the_conditional_prediction(tiny_unet_config):
         torch.testing.assert_close(per_sample[0], eps_c[0], atol=1e-5, rtol=1e-5)
 
 
+def test_a_guidance_head_guides_in_one_pass(tiny_unet_config):
+    from diffusion.model import add_guidance_head
+    model = add_guidance_head(build_unet(tiny_unet_config)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    passes = []  # rows entering the U-Net's first layer, per pass
+    model.stem.register_forward_pre_hook(lambda module, args: passes.append(len(args[0])))
+    x, t, y = torch.randn(3, 1, 28, 28), torch.tensor([3, 9, 27]), torch.tensor([0, 4, 8])
+    w = torch.tensor([0.0, 1.5, 3.0])
+    with torch.no_grad():
+        eps_c, direction = model.eps_and_direction(x, t, y)
+        passes.clear()
+        guided = guided_eps(model, x, t, y, w)
+    assert passes == [3], "one pass over the 3 samples (without the head: one doubled batch of 6)"
+    torch.testing.assert_close(guided, eps_c + w.reshape(-1, 1, 1, 1) * direction)
+    assert (direction.abs() > 0).any()
+
+
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_same_seed_same_samples(tiny_unet_config, sampler):
     model = build_unet(tiny_unet_config).eval()
