@@ -4,6 +4,10 @@ Each step: pick images x_0 and labels c, a random time step t ~ U{1..T} and nois
 make x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε; drop the label with probability p (context mask) so the same
 network also learns ε(x,∅); minimise ‖ε − ε̂(x_t, t, c)‖².
 
+Guidance distillation (`--teacher checkpoints/unet_teacher`): the student is a copy of the teacher
+with a guidance head (see `model.py`) and learns, on the same x_t, the teacher's ε(x,c) and its
+guidance direction ε(x,c) − ε(x,∅). Guided sampling with the student costs one pass per step.
+
 Writes (all under --out, default checkpoints/unet):
     unet.safetensors/.json                the EMA weights + config: what the app ships
     unet.train_state.safetensors/.json    raw weights, optimiser moments, step: for --resume
@@ -26,11 +30,25 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoints import checkpoint_paths, read_config, read_tensors, save_checkpoint
+from .checkpoints import checkpoint_paths, load_module, read_config, read_tensors, save_checkpoint
 from .data import load_mnist, save_grid, synthetic_digits, to_model_range
-from .model import UNetConfig, bf16_is_fast, build_unet, count_parameters
+from .model import UNetConfig, add_guidance_head, bf16_is_fast, build_unet, count_parameters
 from .sampling import sample
 from .schedules import SCHEDULE_NAMES, NoiseSchedule
+
+
+def noisy_batch(schedule: NoiseSchedule, x0: torch.Tensor, label_dropout: float,
+                generator: torch.Generator | None = None):
+    """A training batch of the forward process: (x_t, t, ε, context_mask).
+
+    x0: [B,1,28,28] in [-1,1]. t: [B] ~ U{1..T}; ε: [B,1,28,28] ~ N(0,I); x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε;
+    context_mask: [B] bool, True (drop the label) with probability `label_dropout`.
+    """
+    B, device = x0.shape[0], x0.device
+    t = torch.randint(1, schedule.num_steps + 1, (B,), generator=generator).to(device)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    context_mask = (torch.rand(B, generator=generator) < label_dropout).to(device)
+    return schedule.q_sample(x0, t, noise), t, noise, context_mask
 
 
 def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, labels: torch.Tensor,
@@ -39,12 +57,26 @@ def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Te
 
     x0: [B,1,28,28] in [-1,1]; labels: [B] digits. Returns a scalar.
     """
-    B, device = x0.shape[0], x0.device
-    t = torch.randint(1, schedule.num_steps + 1, (B,), generator=generator).to(device)
-    noise = torch.randn(x0.shape, generator=generator).to(device)
-    context_mask = (torch.rand(B, generator=generator) < label_dropout).to(device)
-    x_t = schedule.q_sample(x0, t, noise)
+    x_t, t, noise, context_mask = noisy_batch(schedule, x0, label_dropout, generator)
     return F.mse_loss(model(x_t, t, labels, context_mask), noise)
+
+
+def distillation_loss(student: torch.nn.Module, teacher: torch.nn.Module, schedule: NoiseSchedule,
+                      x0: torch.Tensor, labels: torch.Tensor, label_dropout: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """‖ε̂_s(x,c) − ε_T(x,c)‖² + ‖direction_s − (ε_T(x,c) − ε_T(x,∅))‖² on forward-process x_t.
+
+    A masked row (probability `label_dropout`) learns ε_T(x,∅) and a direction of 0, so the
+    student still answers the unconditional question. Returns a scalar.
+    """
+    x_t, t, _, context_mask = noisy_batch(schedule, x0, label_dropout, generator)
+    B = x0.shape[0]
+    with torch.no_grad():  # the teacher's two passes, as one doubled batch
+        both = torch.cat([context_mask, torch.ones_like(context_mask)])
+        eps_cond, eps_uncond = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, labels]),
+                                       both).float().split(B)
+    eps, direction = student.eps_and_direction(x_t, t, labels, context_mask)
+    return F.mse_loss(eps.float(), eps_cond) + F.mse_loss(direction.float(), eps_cond - eps_uncond)
 
 
 class EMA:
@@ -85,6 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="checkpoints/unet", help="checkpoint stem to write")
     p.add_argument("--log-dir", default=None, help="loss curve and sample grids (default: <out>_logs)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.train_state if it exists")
+    p.add_argument("--teacher", help="distil this checkpoint into a student with a guidance head (its "
+                                     "architecture and schedule win over the options below)")
     p.add_argument("--epochs", type=int, default=15, help="train until this many epochs are done in total")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimiser steps (0 = no limit)")
     p.add_argument("--batch-size", type=int, default=128, help="per process")
@@ -130,6 +164,16 @@ def main(argv=None) -> None:
                      "ema_decay": args.ema_decay, "data": f"synthetic({args.synthetic})" if args.synthetic else "MNIST train (60,000)",
                      "epochs": 0, "steps": 0, "seconds": 0.0, "device": str(device), "processes": world},
     }
+    teacher = None
+    if args.teacher:
+        if distributed:
+            raise SystemExit("--teacher runs in one process (the student's guidance head bypasses DDP)")
+        teacher, teacher_config = load_module(args.teacher, build_unet, kind="diffusion-unet")
+        teacher = teacher.to(device).requires_grad_(False)
+        config["architecture"] = {**teacher_config["architecture"], "guidance_head": True}
+        config["schedule"] = teacher_config["schedule"]
+        config["training"]["distilled_from"] = {"checkpoint": Path(args.teacher).name,
+                                                "training": teacher_config["training"]}
     resume = args.resume and checkpoint_paths(state_stem)[0].is_file()
     if resume:  # the saved run's architecture and schedule win over the command line
         saved = read_config(state_stem)
@@ -137,7 +181,7 @@ def main(argv=None) -> None:
         config["training"].update({k: saved["training"][k] for k in ("epochs", "steps", "seconds")})
 
     schedule = NoiseSchedule.create(**config["schedule"])
-    model = build_unet(config).to(device)
+    model = (add_guidance_head(teacher) if teacher is not None and not resume else build_unet(config)).to(device)
     ema = EMA(model, args.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     if resume:
@@ -154,7 +198,8 @@ def main(argv=None) -> None:
     x_all, y_all = to_model_range(images), labels
     use_amp = bf16_is_fast(device) and not args.no_amp
     if is_main:
-        print(f"U-Net {count_parameters(model) / 1e6:.2f} M parameters, {len(x_all)} images, "
+        print(f"U-Net {count_parameters(model) / 1e6:.2f} M parameters"
+              f"{f', distilled from {args.teacher}' if teacher is not None else ''}, {len(x_all)} images, "
               f"{world} process(es) on {device}{' with bf16 autocast' if use_amp else ''}, "
               f"schedule {schedule.name} T={schedule.num_steps}")
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -172,8 +217,9 @@ def main(argv=None) -> None:
             for g in opt.param_groups:
                 g["lr"] = learning_rate(step, args.epochs * len(batches), args.lr, args.min_lr, args.warmup_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = diffusion_loss(ddp_model, schedule, x_all[idx].to(device), y_all[idx].to(device),
-                                      args.label_dropout, gen)
+                x0, y = x_all[idx].to(device), y_all[idx].to(device)
+                loss = (diffusion_loss(ddp_model, schedule, x0, y, args.label_dropout, gen) if teacher is None else
+                        distillation_loss(model, teacher, schedule, x0, y, args.label_dropout, gen))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

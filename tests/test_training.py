@@ -95,3 +95,43 @@ def test_learning_rate_warms_up_then_decays_to_the_final_rate():
     assert lrs[550] == pytest.approx((1e-3 + 2e-5) / 2, rel=1e-3)  # half-way through the decay
     assert all(a >= b for a, b in zip(lrs[99:], lrs[100:]))
     assert lrs[1000] == lrs[1099] == pytest.approx(2e-5)
+
+
+def test_distillation_fits_the_teachers_two_predictions(tiny_unet_config):
+    """Guidance distillation on one fixed batch: the loss falls, and the new guidance head learns."""
+    from diffusion.model import add_guidance_head
+    from diffusion.train import distillation_loss
+    torch.manual_seed(0)
+    teacher = build_unet(tiny_unet_config)
+    for p in teacher.parameters():  # a random teacher whose label matters (zero-initialised layers would hide it)
+        torch.nn.init.normal_(p, std=0.2)
+    teacher.eval().requires_grad_(False)
+    student, sched = add_guidance_head(teacher), NoiseSchedule.create(**tiny_unet_config["schedule"])
+    images, labels = synthetic_digits(32)
+    loss_on_the_batch = lambda: distillation_loss(student, teacher, sched, to_model_range(images), labels, 0.1,  # noqa: E731
+                                                  torch.Generator().manual_seed(9))
+    start = loss_on_the_batch().item()
+    assert start > 0  # the student starts with a zero guidance direction
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    for _ in range(60):
+        loss = loss_on_the_batch()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss_on_the_batch().item() < 0.8 * start
+    assert student.head[-1].weight[1:].abs().sum() > 0  # the guidance head's channel is no longer zero
+
+
+def test_cli_distils_a_teacher_into_a_guidance_head(tmp_path):
+    base = [sys.executable, "-m", "diffusion.train", "--synthetic", "64", "--batch-size", "16", "--quiet", *TINY]
+    _run(base + ["--epochs", "1", "--out", str(tmp_path / "teacher")], tmp_path)
+    _run(base + ["--epochs", "1", "--out", str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher"),
+                 "--lr", "1e-4"], tmp_path)
+    cfg = json.loads((tmp_path / "student.json").read_text())
+    assert cfg["architecture"]["guidance_head"] is True
+    assert cfg["training"]["distilled_from"]["training"]["epochs"] == 1
+    from diffusion.pipeline import load_pipeline
+    pipe = load_pipeline(tmp_path / "student", bf16=False)
+    assert pipe.network_evaluations(steps=10, guidance=1.0) == 10  # one pass per guided step
+    assert load_pipeline(tmp_path / "teacher", bf16=False).network_evaluations(steps=10, guidance=1.0) == 20
+    assert pipe.generate([3, 7], steps=3, seed=0).shape == (2, 28, 28)
