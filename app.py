@@ -879,6 +879,20 @@ def guidance_interval_text() -> str:
             f"a network evaluation per step)")
 
 
+def guidance_head_markdown(architecture: dict) -> str:
+    """How the shipped network guides in one pass, if it has a guidance head."""
+    if not architecture.get("guidance_head"):
+        return ""
+    return """
+**This app's network does it in one pass.** Its last layer has a second output channel, the *guidance
+head*, which predicts the guidance direction $\\varepsilon(x_t, c) - \\varepsilon(x_t, \\varnothing)$ directly, so
+$$\\varepsilon = \\varepsilon(x_t, c) + w\\,\\big(\\varepsilon(x_t, c) - \\varepsilon(x_t, \\varnothing)\\big),$$
+the same formula rearranged, costs one evaluation per step for any $w$: half the work, which is what lets a
+whole classroom sample at once on two CPU cores. It was *distilled*: a copy of an ordinary network (the
+teacher) learned to output the teacher's $\\varepsilon(x_t, c)$ and the teacher's difference of its two predictions.
+"""
+
+
 def how_it_works_markdown(classroom: Classroom) -> str:
     """The explanations, with the shipped model's real numbers read from its checkpoint config."""
     cfg, sched = classroom.pipe.config, classroom.pipe.schedule
@@ -888,6 +902,11 @@ def how_it_works_markdown(classroom: Classroom) -> str:
                f"steps of batch {training.get('batch_size', '?')}, labels dropped with probability "
                f"{training.get('label_dropout', '?')}, on {training.get('data', 'MNIST')}."
                if isinstance(training.get("steps"), int) else "")
+    teacher = training.get("distilled_from", {}).get("training", {})
+    if teacher:
+        trained = (f"It was first trained for {teacher.get('epochs', '?')} epoch(s) as an ordinary network (the "
+                   f"*teacher*), then distilled for {training.get('epochs', '?')} epoch(s) into this one, which "
+                   f"also has a guidance head (see *Classifier-free guidance* below).")
     accuracy = classroom.classifier_config.get("test_accuracy")
     classifier_accuracy = f" ({accuracy:.2%} accurate on the MNIST test set)" if accuracy else ""
     return f"""
@@ -932,6 +951,7 @@ $$\\varepsilon = (1+w)\\,\\varepsilon(x_t, c) - w\\,\\varepsilon(x_t, \\varnothi
 $w = 0$ is the plain conditional model; larger $w$ pushes further away from "any digit" towards "this
 digit": samples become cleaner and more typical (fidelity) but more alike (less diversity). Try the
 guidance sweep on the Generate tab. Guidance costs two network evaluations per step instead of one.
+{guidance_head_markdown(arch)}
 
 ## Sampling
 The reverse process starts from pure noise $x_T$ and, step by step, uses the predicted noise to move

@@ -7,7 +7,9 @@
     ...     print(step.index, step.t)
 
 The defaults below are the app's defaults, picked from `python -m diffusion.evaluate` (see
-`checkpoints/evaluation.md`): the fewest steps and guided evaluations that pass the quality bar.
+`checkpoints/evaluation.md`): the fewest network evaluations that pass the quality bar. At 12 steps
+both w = 0.5 and w = 0.6 pass with the default seed; w = 0.6 because with a second seed (--seed 99)
+its worst digit stays at 98.5 % where w = 0.5 drops to 97.5 %.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ from .schedules import NoiseSchedule
 
 DEFAULT_UNET = CHECKPOINT_DIR / "unet"
 DEFAULT_SAMPLER = "dpm++2m-sde"
-DEFAULT_STEPS = 15
-DEFAULT_GUIDANCE = 0.5
+DEFAULT_STEPS = 12
+DEFAULT_GUIDANCE = 0.6
 DEFAULT_GUIDANCE_INTERVAL = EVERY_STEP
 MAX_GUIDANCE = 20.0
 MAX_BATCH = 10_000
