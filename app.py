@@ -1005,9 +1005,12 @@ def server_address(host: str | None, port: int | None) -> tuple[str, int]:
 def launch(demo: gr.Blocks, host: str, port: int, **kwargs):
     """Queue with limits (sized for 2 vCPUs) and serve. Returns what gr.Blocks.launch returns."""
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2)
+    # run_history=False: gradio's run history re-reads and re-writes up to 100 past runs in the browser's
+    # localStorage on every event, so each slider move got slower as a lesson went on (measured: 45 ms
+    # round trips became 100 ms after ten reverse-process runs). The app has its own frame slider.
     return demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, max_file_size=MAX_FILE_SIZE,
                        max_threads=SAMPLING_CONCURRENCY + 24, state_session_capacity=1000, ssr_mode=False,
-                       show_error=True, **kwargs)
+                       show_error=True, run_history=False, **kwargs)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
