@@ -153,13 +153,18 @@ def bench_browser(url: str, repeats: int) -> None:
             time.sleep(0.5)  # let the page settle: a click while the last run is still pending would be ignored
         print(f"browser: click -> first animation frame shown: {browser_summary(first_frames[1:])}   bar: ≤ 500 ms")
         page.get_by_role("tab", name="Forward noising").click()
-        page.wait_for_function("() => { const i = document.querySelector('#forward-x-t img'); "
-                               "return i && i.complete && i.naturalWidth > 0; }", timeout=120_000)
+        page.wait_for_function("() => ['#forward-x-t img', '#schedule-plot img', '#strip img'].every(s => "
+                               "{ const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; })",
+                               timeout=120_000)
+        first = page.evaluate(SLIDER_ROUND_TRIP_JS, 20)
+        time.sleep(1.0)  # the tab's first rendering is over; from here on, a student moving the slider
         trips = []
-        for i in range(repeats * 2 + 1):
-            trips.append(page.evaluate(SLIDER_ROUND_TRIP_JS, 20 + 23 * i))
+        for i in range(repeats * 2):
+            trips.append(page.evaluate(SLIDER_ROUND_TRIP_JS, 43 + 23 * i))
             time.sleep(0.1)
-        print(f"browser: forward-noising t slider -> new x_t shown: {browser_summary(trips[1:])}   bar: ≤ 100 ms")
+        print(f"browser: forward-noising t slider -> new x_t shown: {browser_summary(trips)}   bar: ≤ 100 ms\n"
+              f"    (the first move, right after the tab opened: "
+              f"{'no new image within 30 s' if first is None else f'{first:.0f} ms'})")
         browser.close()
 
 
@@ -188,11 +193,24 @@ def bench_client_latency(url: str, repeats: int, app_pid: int | None) -> None:
     print(f"gradio_client: /noise_at_t round trip (uploads x₀ each call): {summary(trips, 'ms', 1000)}{per_call}")
 
 
-def bench_concurrent_users(url: str, users: int, same_seed: bool, app_pid: int | None, download: bool) -> None:
+def wait_for_clip(client: Client, timeout: float = 300.0) -> None:
+    """The first /generate starts loading CLIP in the background; a class arrives after that has
+    settled (ready, or unavailable as on a machine without its weights), so wait for it."""
+    start = time.perf_counter()
+    while "loading" in (status := client.predict(api_name="/clip_status")) and time.perf_counter() - start < timeout:
+        time.sleep(0.5)
+    print(f"    (CLIP settled {time.perf_counter() - start:.1f} s after the warm-up request: "
+          f"{status.split(':')[0].strip('*')})")
+
+
+def bench_concurrent_users(url: str, users: int, same_seed: bool, app_pid: int | None, download: bool,
+                           clip_wait: bool = True) -> None:
     """Each user: its own gradio_client, /generate of the ten digits. With download=False the clients
     do not fetch the gallery's image files (the cards already hold the images inline)."""
     clients = [Client(url, verbose=False, **({} if download else {"download_files": False})) for _ in range(users)]
     clients[0].predict(digit="all", seed=next(FRESH_SEEDS), api_name="/generate")  # warm-up, not measured
+    if clip_wait:
+        wait_for_clip(clients[0])
     seeds = [next(FRESH_SEEDS)] * users if same_seed else [next(FRESH_SEEDS) for _ in range(users)]
     barrier = threading.Barrier(users)
     latencies, errors = [None] * users, []
@@ -236,11 +254,14 @@ def main() -> None:
     p.add_argument("--app-pid", type=int, help="with --url: the app's process id, to report its CPU time")
     p.add_argument("--skip-startup", action="store_true")
     p.add_argument("--skip-browser", action="store_true")
+    p.add_argument("--skip-clients", action="store_true", help="skip the gradio_client figures and the 30 users")
     p.add_argument("--startup-runs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--users", type=int, default=30)
     p.add_argument("--same-seed", action="store_true", help="also run the 30 users with one shared seed")
     p.add_argument("--no-download", action="store_true", help="also run the users without downloading files")
+    p.add_argument("--cold-clip", action="store_true", help="the users arrive right after the first request, "
+                                                            "while CLIP is still loading in the background")
     args = p.parse_args()
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
@@ -256,10 +277,12 @@ def main() -> None:
         if not args.skip_browser:
             bench_browser(url, args.repeats)
         app_pid = process.pid if process is not None else args.app_pid
+        if args.skip_clients:
+            return
         bench_client_latency(url, args.repeats, app_pid)
         for same_seed in (False, True) if args.same_seed else (False,):
             for download in (True, False) if args.no_download else (True,):
-                bench_concurrent_users(url, args.users, same_seed, app_pid, download)
+                bench_concurrent_users(url, args.users, same_seed, app_pid, download, clip_wait=not args.cold_clip)
     finally:
         if process is not None:
             stop(process)
