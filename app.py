@@ -80,6 +80,8 @@ FRAME_SCALE = 8    # 28 px -> 224 px for x_t, x̂0 and x_0
 GIF_SCALE, GIF_MAX_FRAMES, GIF_FRAME_MS, GIF_LAST_FRAME_MS = 4, 100, 80, 1500
 MAX_STREAMED_FRAMES = 100  # frames sent while the reverse process runs (a 500-step ddpm run sends every 5th)
 STRIP_FRAMES = 8
+CLIP_BUSY = ("CLIP skipped this time: {why}, and on a 2-core machine CLIP would hold them up. It scores "
+             "samples again as soon as the app is not busy.")
 RECOGNISABLE = 0.5  # the classifier's probability for the asked digit at which we call it recognisable
 ALL_DIGITS = "all"
 DEFAULT_SWEEP = "0, 0.5, 1, 2, 4, 8"
@@ -521,14 +523,25 @@ class Classroom:
         return SamplingSettings(digits, per_digit, guidance, sampler, steps, seed)
 
     def score(self, images: np.ndarray, digits: list[int], prompts: tuple[str, ...]) -> Scores:
-        """The classifier's scores, plus CLIP's if it has loaded (CLIP never makes a request wait)."""
+        """The classifier's scores, plus CLIP's if it has loaded and the Space is not busy.
+
+        CLIP never makes anyone wait: it costs about 0.05-0.1 s per image on 2 CPU cores (ViT-B-32),
+        so when a class samples at once (other requests waiting for the network, or CLIP scoring
+        another request) it is skipped, and the note says so."""
         classifier = classifier_scores(self.classifier, images, digits)
         try:
             scorer = self.clip.get()  # starts loading on first use; raises at once while loading
         except ClipUnavailable as e:
             return Scores(classifier, None, str(e))
-        with self._clip_lock:
+        waiting = self.sampler.requests_in_progress()
+        if waiting or not self._clip_lock.acquire(blocking=False):
+            return Scores(classifier, None, CLIP_BUSY.format(
+                why=f"{waiting} other request(s) are waiting for the network" if waiting
+                else "it is scoring another request's samples"))
+        try:
             return Scores(classifier, scorer.score(images, digits, prompts))
+        finally:
+            self._clip_lock.release()
 
     def confidence(self, images: np.ndarray, digits: list[int]) -> np.ndarray:
         """The classifier's probability that each image (uint8 [N,28,28]) is its asked digit: float [N]."""

@@ -194,6 +194,11 @@ class BatchingSampler:
             self._waiting.put(jobs)
         return [future.result().copy() for future in futures]  # copies: callers may change their arrays
 
+    def requests_in_progress(self) -> int:
+        """How many distinct requests are waiting for the network or being computed right now."""
+        with self._lock:
+            return len(self._running)
+
     def _known_future(self, key: tuple | None) -> Future | None:
         """A future for an identical request that is running or finished, or None (call with the lock held)."""
         if key is None:

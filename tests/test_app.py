@@ -439,6 +439,21 @@ def test_the_server_keeps_serving_after_bad_input(client):
 
 # --- CLIP available ----------------------------------------------------------------------------------------
 
+def test_clip_steps_aside_while_others_wait_for_the_network(clip_classroom, monkeypatch):
+    """A class sampling at once gets the classifier's scores at once; CLIP would hold it up."""
+    clip_classroom.clip.get(timeout=60)
+    images, digits = np.zeros((2, 28, 28), np.uint8), [3, 4]
+    monkeypatch.setattr(clip_classroom.sampler, "requests_in_progress", lambda: 5)
+    scores = clip_classroom.score(images, digits, ("a clear digit",))
+    assert scores.clip is None and "5 other request(s) are waiting" in scores.clip_note
+    assert scores.classifier.confidence_requested.shape == (2,)
+    monkeypatch.undo()
+    with clip_classroom._clip_lock:  # CLIP busy with another request's samples
+        scores = clip_classroom.score(images, digits, ("a clear digit",))
+    assert scores.clip is None and "scoring another request" in scores.clip_note
+    assert clip_classroom.score(images, digits, ("a clear digit",)).clip is not None  # idle again: CLIP scores
+
+
 def test_clip_scores_appear_beside_the_samples_when_clip_is_available(clip_client, clip_classroom):
     assert "ready" in wait_for_clip(clip_client)
     prompts = "a sharp digit\na smudge"

@@ -188,3 +188,31 @@ def test_request_steps_reports_errors_and_stops_when_closed(pipe):
     steps = request_steps(pipe.model, pipe.schedule, long_run)
     assert next(steps).index == 1
     steps.close()  # the loop's thread sees the stop flag after its current step
+
+
+def test_requests_in_progress_counts_requests_until_they_are_done(pipe):
+    release = threading.Event()
+
+    class Held(torch.nn.Module):  # the network, held back until the test lets it go
+        def __init__(self):
+            super().__init__()
+            self.net = pipe.model
+
+        def forward(self, *args):
+            release.wait(timeout=30)
+            return self.net(*args)
+
+    sampler = BatchingSampler(Held(), pipe.schedule)
+    assert sampler.requests_in_progress() == 0
+    requests = [seeded_request([d], guidance=1.0, sampler="dpm++2m", steps=2, seed=d) for d in (1, 2)]
+    threads = [threading.Thread(target=sampler.run, args=([r],)) for r in requests]
+    for t in threads:
+        t.start()
+    deadline = threading.Event()
+    while sampler.requests_in_progress() < 2 and not deadline.wait(0.01):
+        pass
+    assert sampler.requests_in_progress() == 2
+    release.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert sampler.requests_in_progress() == 0
