@@ -213,9 +213,10 @@ def add_guidance_head(teacher: ClassConditionalUNet) -> ClassConditionalUNet:
     teacher does, and a guidance direction of 0 (the new output channel starts at zero)."""
     student = ClassConditionalUNet(UNetConfig(**{**teacher.config.to_dict(), "guidance_head": True}))
     weights = teacher.state_dict()
-    head = student.head[-1]
-    weights["head.2.weight"] = torch.cat([weights["head.2.weight"], torch.zeros_like(head.weight[1:])])
-    weights["head.2.bias"] = torch.cat([weights["head.2.bias"], torch.zeros_like(head.bias[1:])])
+    last = f"head.{len(student.head) - 1}"  # the output conv: its new channels start at zero
+    for name, new in (("weight", student.head[-1].weight), ("bias", student.head[-1].bias)):
+        old = weights[f"{last}.{name}"]
+        weights[f"{last}.{name}"] = torch.cat([old, torch.zeros_like(new[len(old):])])
     student.load_state_dict(weights)
     return student
 

@@ -45,11 +45,18 @@ def guided_eps(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels:
     if has_guidance_head(model):
         eps_cond, direction = model.eps_and_direction(x.to(net_dtype), t, labels)
         return eps_cond.to(x.dtype) + w * direction.to(x.dtype)
+    eps_cond, eps_uncond = conditional_and_unconditional_eps(model, x.to(net_dtype), t, labels)
+    return (1 + w) * eps_cond.to(x.dtype) - w * eps_uncond.to(x.dtype)
+
+
+def conditional_and_unconditional_eps(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                                      context_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ε(x,c), ε(x,∅)), each [B,1,28,28], from one doubled batch [x; x] whose second half has its labels
+    masked. context_mask: [B] bool, rows whose first half is masked too (default: none)."""
     B = x.shape[0]
-    mask = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(x.device)
-    x2 = torch.cat([x, x]).to(net_dtype)
-    eps_cond, eps_uncond = model(x2, torch.cat([t, t]), torch.cat([labels, labels]), mask).to(x.dtype).chunk(2)
-    return (1 + w) * eps_cond - w * eps_uncond
+    first = torch.zeros(B, dtype=torch.bool, device=x.device) if context_mask is None else context_mask
+    mask = torch.cat([first, torch.ones(B, dtype=torch.bool, device=x.device)])
+    return model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, labels]), mask).split(B)
 
 
 def has_guidance_head(model: torch.nn.Module) -> bool:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .checkpoints import checkpoint_paths, load_module, read_config, read_tensors, save_checkpoint
 from .data import load_mnist, save_grid, synthetic_digits, to_model_range
 from .model import UNetConfig, add_guidance_head, bf16_is_fast, build_unet, count_parameters
-from .sampling import sample
+from .sampling import conditional_and_unconditional_eps, sample
 from .schedules import SCHEDULE_NAMES, NoiseSchedule
 
 
@@ -70,11 +70,9 @@ def distillation_loss(student: torch.nn.Module, teacher: torch.nn.Module, schedu
     student still answers the unconditional question. Returns a scalar.
     """
     x_t, t, _, context_mask = noisy_batch(schedule, x0, label_dropout, generator)
-    B = x0.shape[0]
-    with torch.no_grad():  # the teacher's two passes, as one doubled batch
-        both = torch.cat([context_mask, torch.ones_like(context_mask)])
-        eps_cond, eps_uncond = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, labels]),
-                                       both).float().split(B)
+    with torch.no_grad():
+        eps_cond, eps_uncond = (e.float() for e in conditional_and_unconditional_eps(teacher, x_t, t, labels,
+                                                                                      context_mask))
     eps, direction = student.eps_and_direction(x_t, t, labels, context_mask)
     return F.mse_loss(eps.float(), eps_cond) + F.mse_loss(direction.float(), eps_cond - eps_uncond)
 
