@@ -19,7 +19,7 @@ once: a request identical to one still running shares its result, and the last r
 kept (a classroom where everyone clicks "Generate" with the default seed costs one batch).
 
     >>> sampler = BatchingSampler(pipe.model, pipe.schedule)
-    >>> request = seeded_request([3, 3, 7], guidance=1.0, sampler="dpm++2m", steps=10, seed=0)
+    >>> request = seeded_request(pipe.check_request([3, 3, 7], guidance=1.0, sampler="dpm++2m", num_inference_steps=10))
     >>> [images] = sampler.run([request])        # uint8 [3,28,28], same as pipe.generate(...)
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .data import to_uint8
+from .requests import SamplingRequest
 from .sampling import EVERY_STEP, SamplerStep, sample, sample_steps
 from .schedules import NoiseSchedule
 
@@ -56,7 +57,7 @@ class SampleRequest:
     guidance: torch.Tensor
     x_T: torch.Tensor
     sampler: str
-    steps: int
+    num_inference_steps: int
     eta: float = 0.0
     generator: torch.Generator | None = None
     key: tuple | None = None
@@ -69,23 +70,20 @@ class SampleRequest:
     @property
     def batch_key(self) -> tuple:
         """Requests can share network evaluations only if they visit the same time steps."""
-        return (self.sampler, self.steps, self.eta, self.guidance_interval)
+        return (self.sampler, self.num_inference_steps, self.eta, self.guidance_interval)
 
 
-def seeded_request(digits: Sequence[int], *, guidance: float, sampler: str, steps: int, seed: int,
-                   eta: float = 0.0, guidance_interval: tuple[float, float] = EVERY_STEP) -> SampleRequest:
-    """A request whose x_T comes from `torch.Generator().manual_seed(seed)`, as in `denoising_steps`.
-
-    digits: N digits 0..9 (already validated, e.g. by `DigitDiffusion.check_request`).
-    """
-    generator = torch.Generator().manual_seed(int(seed))
-    x_T = torch.randn((len(digits), 1, 28, 28), generator=generator)
-    return SampleRequest(labels=torch.tensor(list(digits), dtype=torch.long),
-                         guidance=torch.full((len(digits),), float(guidance)),
-                         x_T=x_T, sampler=sampler, steps=steps, eta=eta, generator=generator,
-                         guidance_interval=tuple(guidance_interval),
-                         key=(tuple(digits), float(guidance), sampler, steps, int(seed), float(eta),
-                              tuple(guidance_interval)))
+def seeded_request(request: SamplingRequest) -> SampleRequest:
+    """The engine's form of a checked request: x_T drawn from `torch.Generator().manual_seed(seed)`,
+    as `DigitDiffusion.run` draws it, so both give the same images."""
+    generator = torch.Generator().manual_seed(request.seed)
+    x_T = torch.randn((request.num_samples, 1, 28, 28), generator=generator)
+    return SampleRequest(labels=torch.tensor(request.digits, dtype=torch.long),
+                         guidance=torch.full((request.num_samples,), request.guidance),
+                         x_T=x_T, sampler=request.sampler, num_inference_steps=request.num_inference_steps,
+                         eta=request.eta, generator=generator, guidance_interval=request.guidance_interval,
+                         key=(request.digits, request.guidance, request.sampler, request.num_inference_steps,
+                              request.seed, request.eta, request.guidance_interval))
 
 
 def request_steps(model: torch.nn.Module, schedule: NoiseSchedule, request: SampleRequest) -> Iterator[SamplerStep]:
@@ -102,7 +100,8 @@ def request_steps(model: torch.nn.Module, schedule: NoiseSchedule, request: Samp
     def produce() -> None:
         try:
             for step in sample_steps(model, schedule, request.labels, guidance=request.guidance,
-                                     sampler=request.sampler, steps=request.steps, eta=request.eta,
+                                     sampler=request.sampler, num_inference_steps=request.num_inference_steps,
+                                     eta=request.eta,
                                      generator=request.generator, x_T=request.x_T,
                                      guidance_interval=request.guidance_interval):
                 handover.put(step)
@@ -134,7 +133,7 @@ def sample_together(model: torch.nn.Module, schedule: NoiseSchedule,
         raise ValueError("requests in one batch must use the same sampler, steps, eta and guidance interval")
     final = sample(model, schedule, torch.cat([r.labels for r in requests]),
                    guidance=torch.cat([r.guidance for r in requests]), sampler=first.sampler,
-                   steps=first.steps, eta=first.eta, generator=[(r.generator, r.num_samples) for r in requests],
+                   num_inference_steps=first.num_inference_steps, eta=first.eta, generator=[(r.generator, r.num_samples) for r in requests],
                    x_T=torch.cat([r.x_T for r in requests]), guidance_interval=first.guidance_interval)
     images = to_uint8(final)
     return np.split(images, np.cumsum([r.num_samples for r in requests])[:-1])

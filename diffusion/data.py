@@ -44,6 +44,12 @@ def load_shipped_digits() -> tuple[np.ndarray, np.ndarray]:
         return f["x"], f["y"].astype(np.int64)
 
 
+def shipped_test_index() -> np.ndarray:
+    """Where each shipped digit sits in the MNIST test set: int64 [N], in the order of `load_shipped_digits`."""
+    with np.load(SHIPPED_DIGITS) as f:
+        return f["test_index"].astype(np.int64)
+
+
 def synthetic_digits(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Tiny stand-in data for tests: class c is a bright bar at row 2c+4. uint8 [n,28,28], int64 [n]."""
     g = torch.Generator().manual_seed(seed)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .checkpoints import CHECKPOINT_DIR
+from .cli import add_model_options
 from .classifier import DEFAULT_CLASSIFIER, DigitClassifier, load_classifier
 from .data import load_mnist, to_model_range
 from .pipeline import DEFAULT_UNET, load_pipeline
@@ -122,7 +123,7 @@ def markdown_table(results: list[dict], floor: dict) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="data", help="MNIST root (here: ../shared/data)")
-    p.add_argument("--checkpoint", default=str(DEFAULT_UNET))
+    add_model_options(p, str(DEFAULT_UNET))
     p.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER))
     p.add_argument("--per-class", type=int, default=200, help="samples per digit (200 -> 2,000 in all)")
     p.add_argument("--guidance", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
@@ -132,7 +133,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(CHECKPOINT_DIR / "evaluation"), help="writes <out>.json and <out>.md")
     args = p.parse_args(argv)
 
-    pipe, classifier = load_pipeline(args.checkpoint), load_classifier(args.classifier)
+    pipe, classifier = load_pipeline(args.checkpoint, bf16=args.bf16, device=args.device), load_classifier(args.classifier)
     test_images, test_y = load_mnist(args.data_dir, train=False)
     train_images, train_y = load_mnist(args.data_dir, train=True)
     test_x, train_x = to_model_range(test_images), to_model_range(train_images)
@@ -151,7 +152,7 @@ def main(argv=None) -> None:
         sampler, steps, interval = parse_setting(setting)
         for w in args.guidance:
             t0 = time.perf_counter()
-            x = to_model_range(pipe.generate_many(labels.tolist(), guidance=w, sampler=sampler, steps=steps,
+            x = to_model_range(pipe.generate_many(labels.tolist(), guidance=w, sampler=sampler, num_inference_steps=steps,
                                                   seed=args.seed, batch_size=50, guidance_interval=interval))
             seconds = time.perf_counter() - t0
             r = {"sampler": sampler, "steps": steps, "guidance": w, "guidance_interval": list(interval),

@@ -13,8 +13,10 @@ import time
 
 import numpy as np
 
+from .cli import add_model_options
 from .data import save_grid
-from .pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_UNET, load_pipeline
+from .pipeline import DEFAULT_UNET, load_pipeline
+from .requests import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from .sampling import SAMPLERS
 
 
@@ -31,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.npz", help="output .npz file")
     p.add_argument("--png", default=None, help="also save a PNG grid here")
-    p.add_argument("--checkpoint", default=str(DEFAULT_UNET), help="checkpoint stem")
+    add_model_options(p, str(DEFAULT_UNET))
     return p.parse_args(argv)
 
 
@@ -42,10 +44,10 @@ def main(argv=None) -> int:
         return 2
     digits = [args.digit] if args.digit is not None else list(range(10))
     labels = [d for d in digits for _ in range(args.per_class)]
-    pipe = load_pipeline(args.checkpoint)
+    pipe = load_pipeline(args.checkpoint, bf16=args.bf16, device=args.device)
     t0 = time.perf_counter()
     try:
-        x = pipe.generate_many(labels, guidance=args.guidance, sampler=args.sampler, steps=args.steps,
+        x = pipe.generate_many(labels, guidance=args.guidance, sampler=args.sampler, num_inference_steps=args.steps,
                                seed=args.seed, eta=args.eta, progress=len(labels) > 500)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,12 +1,14 @@
 """The reverse process: classifier-free guidance and the sampling loops.
 
-One loop (`sample_steps`) serves every caller — the app's animation, the CLI, evaluation and the
-benchmark. It walks a decreasing list of time steps t_1 > t_2 > … > t_S and, at each, asks the
-network for the guided noise estimate, turns it into a prediction of the clean image x̂_0, and
-lets a *sampler* move x from t_i to t_{i+1} (or to the clean image after the last step):
+Each sampler is a small class (`DDPM`, `DDIM`, `DPMSolverPP2M`, `SDEDPMSolverPP2M`) with its time
+steps t_1 > t_2 > … > t_S and a public `step(eps, t, x)`: given the network's noise estimate at
+(x, t), it forms the prediction of the clean image x̂_0 and moves x to the next time step (or to the
+clean image after the last step). One loop (`sample_steps`) drives them for every caller that runs
+a whole batch at once (the CLI, evaluation, training's sample grids); the app's server calls `step`
+itself, one tick at a time.
 
     ddpm     the course's ancestral sampler: x_{s} ~ q(x_s | x_t, x̂_0), fresh noise every step.
-             With steps = T it is exactly Ho et al.'s loop over all T steps.
+             With S = T steps it is exactly Ho et al.'s loop over all T steps.
     ddim     Song et al. 2021; eta = 0 is deterministic, eta = 1 matches ddpm's noise level.
     dpm++2m  DPM-Solver++(2M), Lu et al. 2022: a second-order multistep solver of the
              probability-flow ODE; sharp samples in ~10 steps.
@@ -18,13 +20,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 from .schedules import NoiseSchedule
-
-SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde")
 
 
 def guided_eps(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
@@ -73,21 +73,22 @@ def has_guidance_head(model: torch.nn.Module) -> bool:
 START_ALPHA_BAR = 4e-3
 
 
-def timestep_sequence(schedule: NoiseSchedule, num_steps: int, start_alpha_bar: float = START_ALPHA_BAR) -> list[int]:
+def timestep_sequence(schedule: NoiseSchedule, num_inference_steps: int,
+                      start_alpha_bar: float = START_ALPHA_BAR) -> list[int]:
     """S evaluation times, evenly spaced and decreasing to 1, e.g. [480, 427, …, 1] for T = 500, S = 10.
 
     With S = T this is every step T, T-1, …, 1 (the course's DDPM). With fewer steps the sequence
     starts at the last t whose ᾱ_t ≥ start_alpha_bar (see above; 0 starts at T).
     """
-    T = schedule.num_steps
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
-        raise ValueError(f"steps must be an integer from 1 to {T}, got {num_steps!r}")
-    if num_steps == T:
+    T, S = schedule.num_train_steps, num_inference_steps
+    if isinstance(S, bool) or not isinstance(S, int) or not 1 <= S <= T:
+        raise ValueError(f"steps must be an integer from 1 to {T}, got {S!r}")
+    if S == T:
         return list(range(T, 0, -1))
-    t_start = max(int((schedule.alpha_bar[1:] >= start_alpha_bar).sum()), num_steps)
-    if num_steps == 1:
+    t_start = max(int((schedule.alpha_bar[1:] >= start_alpha_bar).sum()), S)
+    if S == 1:
         return [t_start]
-    return torch.linspace(t_start, 1, num_steps, dtype=torch.float64).round().long().tolist()
+    return torch.linspace(t_start, 1, S, dtype=torch.float64).round().long().tolist()
 
 
 EVERY_STEP = (0.0, 1.0)  # the guidance interval that guides at every step: the plain formula above
@@ -121,89 +122,162 @@ class SamplerStep:
 Generators = torch.Generator | Sequence[tuple[torch.Generator, int]] | None
 
 
-def _randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+def randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     """Standard normal noise shaped like x, drawn from `generator` (on its own device) for reproducibility."""
     if isinstance(generator, (list, tuple)):
         if sum(n for _, n in generator) != x.shape[0]:
             raise ValueError(f"the generators' rows {[n for _, n in generator]} do not add up to the batch {x.shape[0]}")
-        return torch.cat([_randn_like(x[:n], g) for g, n in generator])
+        return torch.cat([randn_like(x[:n], g) for g, n in generator])
     gen_device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
 
 
-def _update_ddpm(sched, x, x0, eps, t, s, gen, eta):
-    """Ancestral step t -> s: sample from the posterior q(x_s | x_t, x̂_0) of the (respaced) process."""
-    ab_t, ab_s = sched.alpha_bar[t].item(), sched.alpha_bar[s].item()
-    alpha_ts = ab_t / ab_s  # α of the jump t -> s (α_t itself when s = t-1)
-    beta_ts = 1 - alpha_ts
-    mean = (ab_s**0.5 * beta_ts / (1 - ab_t)) * x0 + (alpha_ts**0.5 * (1 - ab_s) / (1 - ab_t)) * x
-    var = beta_ts * (1 - ab_s) / (1 - ab_t)
-    if s == 0:
-        return mean
-    return mean + var**0.5 * _randn_like(x, gen)
+@dataclass
+class StepOutput:
+    """What a sampler's `step` returns. x: [B,1,28,28] the next x (at `t`, the next time step, 0 after
+    the last step: then the final sample); x0: [B,1,28,28] the prediction x̂_0 the step used, in [-1,1]."""
+
+    x: torch.Tensor
+    x0: torch.Tensor
+    t: int
 
 
-def _update_ddim(sched, x, x0, eps, t, s, gen, eta):
-    """DDIM step t -> s: x_s = √ᾱ_s·x̂_0 + √(1-ᾱ_s-σ²)·ε + σ·z."""
-    ab_t, ab_s = sched.alpha_bar[t].item(), sched.alpha_bar[s].item()
-    sigma = eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)) ** 0.5
-    x_s = ab_s**0.5 * x0 + max(1 - ab_s - sigma**2, 0.0) ** 0.5 * eps
-    if sigma > 0 and s > 0:
-        x_s = x_s + sigma * _randn_like(x, gen)
-    return x_s
+class Sampler:
+    """A sampler: its decreasing time steps t_1 > … > t_S, and `step`, which moves x from one to the next.
+
+        sampler = make_sampler("ddpm", schedule, num_inference_steps=50)
+        x = torch.randn(B, 1, 28, 28)
+        for t in sampler.timesteps:
+            eps = model(x, torch.full((B,), t), labels)     # or guided_eps(...)
+            x = sampler.step(eps, t, x, generator).x
+
+    `step` takes the network's noise estimate ε̂ at (x, t), forms x̂_0 = (x − √(1-ᾱ_t)·ε̂)/√ᾱ_t (clamped to
+    [-1,1]; ε̂ is then made consistent with it), and hands both to `update`. A sampler object holds one
+    run's state (the multistep solvers remember the previous x̂_0): make one per run.
+    """
+
+    name = ""
+    stochastic = True  # draws fresh noise at some step
+
+    def __init__(self, schedule: NoiseSchedule, num_inference_steps: int, *, eta: float = 0.0,
+                 start_alpha_bar: float = START_ALPHA_BAR, clip_x0: bool = True):
+        self.schedule, self.eta, self.clip_x0 = schedule, eta, clip_x0
+        self.timesteps = timestep_sequence(schedule, num_inference_steps, start_alpha_bar)
+        self._next = dict(zip(self.timesteps, self.timesteps[1:] + [0]))
+
+    def step(self, eps: torch.Tensor, t: int, x: torch.Tensor, generator: Generators = None) -> StepOutput:
+        """One step from x at time t (one of `timesteps`) to the next time step. eps: [B,1,28,28] the
+        (guided) noise estimate at (x, t); generator: the per-step noise of stochastic samplers."""
+        s = self._next[t]
+        x0 = self.schedule.predict_x0(x, t, eps)
+        if self.clip_x0:
+            x0 = x0.clamp(-1, 1)
+            ab = self.schedule.alpha_bar[t].item()
+            eps = (x - ab**0.5 * x0) / (1 - ab) ** 0.5  # keep ε consistent with the clipped x̂_0
+        return StepOutput(self.update(x, x0, eps, t, s, generator), x0, s)
+
+    def update(self, x, x0, eps, t: int, s: int, generator: Generators) -> torch.Tensor:
+        """x_s from x_t, x̂_0 and ε̂ (each [B,1,28,28]); s = 0 means the clean image."""
+        raise NotImplementedError
 
 
-class _DPMSolverPP2M:
-    """DPM-Solver++(2M) in data-prediction form. Keeps the previous x̂_0 and step size between calls.
+class DDPM(Sampler):
+    """The course's ancestral sampler: x_s ~ q(x_s | x_t, x̂_0), the forward process's posterior, with fresh
+    noise every step. With as many steps as T it is exactly Ho et al.'s loop t = T, T-1, …, 1."""
 
-    With λ = log(√ᾱ/√(1-ᾱ)) and h = λ_s − λ_t, a step t -> s moves along the probability-flow ODE:
+    name = "ddpm"
+
+    def update(self, x, x0, eps, t, s, generator):
+        mean, variance = self.schedule.q_posterior(x0, x, t, s)
+        if s == 0:
+            return mean
+        return mean + variance.sqrt().to(x.dtype) * randn_like(x, generator)
+
+
+class DDIM(Sampler):
+    """DDIM (Song et al. 2021): x_s = √ᾱ_s·x̂_0 + √(1-ᾱ_s-σ²)·ε̂ + σ·z. eta = 0 is deterministic,
+    eta = 1 adds as much noise as ddpm."""
+
+    name = "ddim"
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
+    def update(self, x, x0, eps, t, s, generator):
+        ab_t, ab_s = self.schedule.alpha_bar[t].item(), self.schedule.alpha_bar[s].item()
+        sigma = self.eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)) ** 0.5
+        x_s = ab_s**0.5 * x0 + max(1 - ab_s - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0 and s > 0:
+            x_s = x_s + sigma * randn_like(x, generator)
+        return x_s
+
+
+class DPMSolverPP2M(Sampler):
+    """DPM-Solver++(2M) (Lu et al. 2022), data-prediction form, along the probability-flow ODE.
+
+    With λ = log(√ᾱ/√(1-ᾱ)) and h = λ_s − λ_t, a step t -> s is
 
         x_s = (σ_s/σ_t)·x_t − √ᾱ_s·(e^{-h} − 1)·D
 
     where D = x̂_0 + (x̂_0 − previous x̂_0)/(2r), r = previous h / h, is the second-order estimate.
     """
 
-    def __init__(self):
-        self.prev_x0 = None
-        self.prev_h = None
+    name = "dpm++2m"
+    stochastic = False
 
-    def _second_order(self, sched, x0, t, s):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prev_x0: torch.Tensor | None = None
+        self.prev_h: float | None = None
+
+    def second_order(self, x0, t, s) -> tuple[float, float, float, torch.Tensor]:
         """(ᾱ_t, ᾱ_s, h, D) for the step t -> s; remembers x̂_0 and h for the next step."""
-        ab_t, ab_s = sched.alpha_bar[t].item(), sched.alpha_bar[s].item()
-        log_snr = sched.log_snr
-        h = 0.5 * (log_snr[s] - log_snr[t]).item()  # λ = log(√ᾱ/√(1-ᾱ)) is half the log-SNR
-        d = x0
-        if self.prev_x0 is not None:
-            d = x0 + (x0 - self.prev_x0) * (h / self.prev_h) / 2
+        ab_t, ab_s = self.schedule.alpha_bar[t].item(), self.schedule.alpha_bar[s].item()
+        h = 0.5 * (self.schedule.log_snr[s] - self.schedule.log_snr[t]).item()  # λ is half the log-SNR
+        d = x0 if self.prev_x0 is None else x0 + (x0 - self.prev_x0) * (h / self.prev_h) / 2
         self.prev_x0, self.prev_h = x0, h
         return ab_t, ab_s, h, d
 
-    def __call__(self, sched, x, x0, eps, t, s, gen, eta):
+    def update(self, x, x0, eps, t, s, generator):
         if s == 0:  # the last step lands on the clean image: first order, x_0 = x̂_0
             return x0
-        ab_t, ab_s, h, d = self._second_order(sched, x0, t, s)
-        sigma_ratio = ((1 - ab_s) / (1 - ab_t)) ** 0.5
-        return sigma_ratio * x - ab_s**0.5 * math.expm1(-h) * d
+        ab_t, ab_s, h, d = self.second_order(x0, t, s)
+        return ((1 - ab_s) / (1 - ab_t)) ** 0.5 * x - ab_s**0.5 * math.expm1(-h) * d
 
 
-class _SDEDPMSolverPP2M(_DPMSolverPP2M):
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022, §5), midpoint form: the same D, but each step also
-    forgets part of x_t and adds fresh noise z:
+class SDEDPMSolverPP2M(DPMSolverPP2M):
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, §5), midpoint form: the same D, but each step also forgets
+    part of x_t and adds fresh noise z, which washes out the errors a deterministic run carries to the end:
 
         x_s = (σ_s/σ_t)·e^{-h}·x_t + √ᾱ_s·(1 − e^{-2h})·D + σ_s·√(1 − e^{-2h})·z
     """
 
-    def __call__(self, sched, x, x0, eps, t, s, gen, eta):
+    name = "dpm++2m-sde"
+    stochastic = True
+
+    def update(self, x, x0, eps, t, s, generator):
         if s == 0:
             return x0
-        ab_t, ab_s, h, d = self._second_order(sched, x0, t, s)
+        ab_t, ab_s, h, d = self.second_order(x0, t, s)
         sigma_t, sigma_s = (1 - ab_t) ** 0.5, (1 - ab_s) ** 0.5
         return (sigma_s / sigma_t * math.exp(-h)) * x + ab_s**0.5 * (-math.expm1(-2 * h)) * d \
-            + sigma_s * (-math.expm1(-2 * h)) ** 0.5 * _randn_like(x, gen)
+            + sigma_s * (-math.expm1(-2 * h)) ** 0.5 * randn_like(x, generator)
+
+
+SAMPLER_CLASSES: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDPM, DDIM, DPMSolverPP2M, SDEDPMSolverPP2M)}
+SAMPLERS = tuple(SAMPLER_CLASSES)
+
+
+def make_sampler(name: str, schedule: NoiseSchedule, num_inference_steps: int, **options) -> Sampler:
+    """A fresh sampler by name (one of SAMPLERS); options: eta, start_alpha_bar, clip_x0."""
+    if name not in SAMPLER_CLASSES:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLER_CLASSES[name](schedule, num_inference_steps, **options)
 
 
 def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.Tensor, *,
-                 guidance: float | torch.Tensor = 0.0, sampler: str = "dpm++2m", steps: int = 10,
+                 guidance: float | torch.Tensor = 0.0, sampler: str = "dpm++2m", num_inference_steps: int = 10,
                  eta: float = 0.0, generator: Generators = None,
                  x_T: torch.Tensor | None = None, clip_x0: bool = True,
                  start_alpha_bar: float = START_ALPHA_BAR,
@@ -211,7 +285,7 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
     """Run the reverse process, yielding a `SamplerStep` after every step.
 
     labels: [B] digits 0..9 (one sample per entry); guidance: w (float or [B]);
-    sampler: one of SAMPLERS; steps: network evaluations, 1..T; eta: DDIM noise (0 = deterministic);
+    sampler: one of SAMPLERS; num_inference_steps: network evaluations, 1..T; eta: DDIM noise (0 = deterministic);
     generator: seeds x_T and any per-step noise, so the same seed gives the same samples
         (or a list of (generator, rows) for a batch made of several requests);
     x_T: optional starting noise [B,1,28,28] (default: drawn from `generator`);
@@ -219,32 +293,21 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
     guidance_interval: (lo, hi) fractions of T; guidance applies only at steps with lo ≤ t/T ≤ hi and
     the other steps use the plain conditional ε (one network evaluation instead of two).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    solver = make_sampler(sampler, schedule, num_inference_steps, eta=eta, start_alpha_bar=start_alpha_bar,
+                          clip_x0=clip_x0)
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, device=device).long().reshape(-1)
     B = labels.shape[0]
-    if x_T is None:
-        x_T = _randn_like(torch.empty((B, 1, 28, 28), device=device), generator)
-    update: Callable = {"ddpm": _update_ddpm, "ddim": _update_ddim, "dpm++2m": _DPMSolverPP2M(),
-                       "dpm++2m-sde": _SDEDPMSolverPP2M()}[sampler]
-    ts = timestep_sequence(schedule, steps, start_alpha_bar)
-    x = x_T
-    for i, t in enumerate(ts):
-        s = ts[i + 1] if i + 1 < len(ts) else 0
+    x = randn_like(torch.empty((B, 1, 28, 28), device=device), generator) if x_T is None else x_T
+    for i, t in enumerate(solver.timesteps):
         # inference mode is per thread, so it must not span a `yield`: a web server may resume
         # this generator from another thread
         with torch.inference_mode():
-            t_batch = torch.full((B,), t, device=device, dtype=torch.long)
-            eps = guided_eps(model, x, t_batch, labels,
-                             guidance if is_guided_step(t, schedule.num_steps, guidance_interval) else 0.0)
-            x0 = schedule.predict_x0(x, t_batch, eps)
-            if clip_x0:
-                x0 = x0.clamp(-1, 1)
-                ab = schedule.alpha_bar[t].item()
-                eps = (x - ab**0.5 * x0) / (1 - ab) ** 0.5  # keep ε consistent with the clipped x̂_0
-            x = update(schedule, x, x0, eps, t, s, generator, eta)
-        yield SamplerStep(index=i + 1, total=len(ts), t=s, x=x, x0=x0)
+            w = guidance if is_guided_step(t, schedule.num_train_steps, guidance_interval) else 0.0
+            eps = guided_eps(model, x, torch.full((B,), t, device=device, dtype=torch.long), labels, w)
+            out = solver.step(eps, t, x, generator)
+        x = out.x
+        yield SamplerStep(index=i + 1, total=len(solver.timesteps), t=out.t, x=x, x0=out.x0)
 
 
 def sample(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.Tensor, **kwargs) -> torch.Tensor:

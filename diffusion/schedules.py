@@ -22,7 +22,7 @@ import torch
 SCHEDULE_NAMES = ("linear", "cosine", "quadratic", "sigmoid")
 
 
-def make_betas(name: str, num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+def make_betas(name: str, num_train_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """β_1..β_T as float64 [T] for a named schedule.
 
     linear:    β rises linearly from beta_start to beta_end (Ho et al. 2020; the course uses 1e-4..0.02).
@@ -31,11 +31,11 @@ def make_betas(name: str, num_steps: int, beta_start: float = 1e-4, beta_end: fl
     cosine:    ᾱ_t = cos²(((t/T)+s)/(1+s)·π/2) with s = 0.008, β clipped at 0.999
                (Nichol & Dhariwal 2021); beta_start/beta_end are not used.
     """
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if isinstance(num_train_steps, bool) or not isinstance(num_train_steps, int) or num_train_steps < 1:
+        raise ValueError(f"T (num_train_steps) must be a positive integer, got {num_train_steps!r}")
     if name != "cosine" and not (0.0 < beta_start < beta_end < 1.0):
         raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
-    T = num_steps
+    T = num_train_steps
     if name == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
     if name == "quadratic":
@@ -60,7 +60,7 @@ class NoiseSchedule:
     """
 
     name: str
-    num_steps: int  # T
+    num_train_steps: int  # T, the number of steps of the forward process
     beta_start: float
     beta_end: float
     betas: torch.Tensor
@@ -68,12 +68,12 @@ class NoiseSchedule:
     alpha_bar: torch.Tensor
 
     @classmethod
-    def create(cls, name: str = "linear", num_steps: int = 1000,
+    def create(cls, name: str = "linear", num_train_steps: int = 1000,
                beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
         betas = torch.cat([torch.zeros(1, dtype=torch.float64),
-                           make_betas(name, num_steps, beta_start, beta_end)])
+                           make_betas(name, num_train_steps, beta_start, beta_end)])
         alphas = 1.0 - betas
-        return cls(name=name, num_steps=num_steps, beta_start=beta_start, beta_end=beta_end, betas=betas, alphas=alphas,
+        return cls(name=name, num_train_steps=num_train_steps, beta_start=beta_start, beta_end=beta_end, betas=betas, alphas=alphas,
                    alpha_bar=torch.cumprod(alphas, dim=0))
 
     # --- derived quantities -------------------------------------------------------------
@@ -95,10 +95,19 @@ class NoiseSchedule:
         var[1:] = self.betas[1:] * (1.0 - ab_prev) / (1.0 - ab)
         return var
 
+    def scales(self, t: int) -> tuple[float, float]:
+        """(√ᾱ_t, √(1-ᾱ_t)): how much of x_0 and of the noise make up x_t (see `q_sample`)."""
+        alpha_bar = self.alpha_bar[t].item()
+        return alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5
+
     def _gather(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """values[t] reshaped to broadcast against `like` ([B,...]), in like's dtype/device."""
-        t = torch.as_tensor(t, device=values.device)
-        out = values[t].to(device=like.device, dtype=like.dtype)
+        return self._broadcast(values[torch.as_tensor(t, device=values.device)], like)
+
+    @staticmethod
+    def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Per-row float64 values ([] or [B]) in like's dtype/device, shaped to broadcast against [B,...]."""
+        out = values.to(device=like.device, dtype=like.dtype)
         return out.reshape(out.shape + (1,) * (like.dim() - out.dim()))
 
     # --- the forward process --------------------------------------------------------------
@@ -110,26 +119,39 @@ class NoiseSchedule:
         ab = self._gather(self.alpha_bar, t, x0)
         return ab.sqrt() * x0 + (1.0 - ab).sqrt() * noise
 
-    def q_posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean μ̃_t [B,C,H,W] and variance β̃_t [B,1,1,1] of q(x_{t-1} | x_t, x_0), for t ≥ 1.
+    def q_posterior(self, x0: torch.Tensor, xt: torch.Tensor, t, s=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean [B,C,H,W] (x_t's dtype) and variance [B,1,1,1] (float64, the schedule's precision) of
+        q(x_s | x_t, x_0), for 0 ≤ s < t (default s = t-1).
 
-        μ̃_t = √ᾱ_{t-1}·β_t/(1-ᾱ_t)·x_0 + √α_t·(1-ᾱ_{t-1})/(1-ᾱ_t)·x_t
+        x0, xt: [B,C,H,W]; t, s: ints or [B] integer tensors. With α_{t|s} = ᾱ_t/ᾱ_s (α_t itself when s = t-1):
+            mean     = √ᾱ_s·(1-α_{t|s})/(1-ᾱ_t)·x_0 + √α_{t|s}·(1-ᾱ_s)/(1-ᾱ_t)·x_t
+            variance = (1-α_{t|s})·(1-ᾱ_s)/(1-ᾱ_t)
+        A sampler that skips steps (t -> s > t-1) uses the same posterior of the respaced process.
         """
         t = torch.as_tensor(t)
-        ab = self._gather(self.alpha_bar, t, xt)
-        ab_prev = self._gather(self.alpha_bar, t - 1, xt)
-        beta = self._gather(self.betas, t, xt)
-        alpha = self._gather(self.alphas, t, xt)
-        coef_x0 = ab_prev.sqrt() * beta / (1.0 - ab)
-        coef_xt = alpha.sqrt() * (1.0 - ab_prev) / (1.0 - ab)
-        return coef_x0 * x0 + coef_xt * xt, self._gather(self.posterior_variance, t, xt)
+        s = t - 1 if s is None else torch.as_tensor(s)
+        ab_t, ab_s = self.alpha_bar[t], self.alpha_bar[s]
+        alpha_ts = ab_t / ab_s
+        coef_x0 = ab_s.sqrt() * (1.0 - alpha_ts) / (1.0 - ab_t)
+        coef_xt = alpha_ts.sqrt() * (1.0 - ab_s) / (1.0 - ab_t)
+        variance = (1.0 - alpha_ts) * (1.0 - ab_s) / (1.0 - ab_t)
+        mean = self._broadcast(coef_x0, x0) * x0 + self._broadcast(coef_xt, xt) * xt
+        return mean, variance.reshape(variance.shape + (1,) * (xt.dim() - variance.dim()))
 
     def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Invert q_sample for x_0 given the noise: x̂_0 = (x_t - √(1-ᾱ_t)·ε) / √ᾱ_t."""
         ab = self._gather(self.alpha_bar, t, xt)
         return (xt - (1.0 - ab).sqrt() * eps) / ab.sqrt()
 
+    @classmethod
+    def from_config(cls, config: dict) -> "NoiseSchedule":
+        """The schedule a checkpoint's "schedule" entry describes (older checkpoints call T "num_steps")."""
+        config = dict(config)
+        if "num_steps" in config:
+            config["num_train_steps"] = config.pop("num_steps")
+        return cls.create(**config)
+
     def to_config(self) -> dict:
         """The arguments of `create`, for a checkpoint's JSON config."""
-        return {"name": self.name, "num_steps": self.num_steps,
+        return {"name": self.name, "num_train_steps": self.num_train_steps,
                 "beta_start": self.beta_start, "beta_end": self.beta_end}

@@ -1,6 +1,16 @@
-"""Shared test set-up: no network, few threads, small helpers."""
+"""Shared test set-up: no network, few threads, every temporary file inside the repo's ignored
+test-artifacts/ (so a test run leaves nothing in /tmp), and the small models the tests share."""
 import os
+import tempfile
+from pathlib import Path
 
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TMP = ARTIFACTS / "tmp"
+TMP.mkdir(parents=True, exist_ok=True)
+# Before anything asks where temporary files go: pytest's tmp_path, gradio's uploads, gradio_client's
+# downloads, the app's work folder, torchrun and chromium all follow TMPDIR (subprocesses inherit it).
+os.environ["TMPDIR"] = str(TMP)
+tempfile.tempdir = None
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # must precede any huggingface_hub import
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -10,11 +20,42 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-@pytest.fixture
-def tiny_unet_config() -> dict:
+TINY_T = 50  # T of the tiny test networks
+
+
+def tiny_config(schedule: str = "linear") -> dict:
     """A checkpoint config for a very small U-Net (fast enough for sampling-loop tests)."""
     return {
         "kind": "diffusion-unet",
         "architecture": {"channels": [8, 16, 16], "attention_heads": 2, "embedding_dim": 32, "groups": 4},
-        "schedule": {"name": "linear", "num_steps": 50, "beta_start": 1e-4, "beta_end": 0.02},
+        "schedule": {"name": schedule, "num_train_steps": TINY_T, "beta_start": 1e-4, "beta_end": 0.02},
     }
+
+
+@pytest.fixture
+def tiny_unet_config() -> dict:
+    return tiny_config()
+
+
+@pytest.fixture(scope="module")
+def tiny_random_pipe():
+    """A tiny U-Net with every weight non-zero (so its outputs depend on x, t, label and w), cosine schedule."""
+    from diffusion.model import build_unet
+    from diffusion.pipeline import DigitDiffusion
+    from diffusion.schedules import NoiseSchedule
+
+    config = tiny_config("cosine")
+    torch.manual_seed(0)
+    model = build_unet(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return DigitDiffusion(model, NoiseSchedule.from_config(config["schedule"]), config)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_weights(tmp_path_factory) -> str:
+    """The tiny CLIP architecture, registered with open_clip, and its random weights (safetensors)."""
+    from tiny_clip import save_tiny_clip_weights
+
+    return save_tiny_clip_weights(tmp_path_factory.mktemp("tiny_clip"))

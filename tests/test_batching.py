@@ -1,30 +1,27 @@
 """Request batching: shared batches give each request the images it would get alone (stochastic
 samplers included: each request keeps its own noise), and the worker survives a failing batch."""
 import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from diffusion.batching import (BatchingSampler, SampleRequest, plan_batches, request_steps, sample_together,
-                                seeded_request)
-from diffusion.model import build_unet
+from diffusion.batching import BatchingSampler, SampleRequest, plan_batches, request_steps, sample_together
+from diffusion.batching import seeded_request as engine_request
+from diffusion.requests import check_sampling_request
+from conftest import TINY_T
 from diffusion.pipeline import DigitDiffusion
-from diffusion.schedules import NoiseSchedule
 
 
 @pytest.fixture(scope="module")
-def pipe() -> DigitDiffusion:
-    """A tiny random U-Net (all layers non-zero, so its outputs depend on x, t, label and w)."""
-    config = {"kind": "diffusion-unet",
-              "architecture": {"channels": [8, 16, 16], "attention_heads": 2, "embedding_dim": 32, "groups": 4},
-              "schedule": {"name": "cosine", "num_steps": 50, "beta_start": 1e-4, "beta_end": 0.02}}
-    torch.manual_seed(0)
-    model = build_unet(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return DigitDiffusion(model, NoiseSchedule.create(**config["schedule"]), config)
+def pipe(tiny_random_pipe) -> DigitDiffusion:
+    return tiny_random_pipe
+
+
+def seeded_request(digits, *, steps, **settings) -> SampleRequest:
+    """The engine's request for these samples (as the app makes it), seeded by `seed`."""
+    return engine_request(check_sampling_request(list(digits), steps=steps, num_train_steps=TINY_T, **settings))
 
 
 def assert_same_images(a: np.ndarray, b: np.ndarray) -> None:
@@ -38,7 +35,7 @@ def test_a_seeded_request_reproduces_generate(pipe, sampler, steps):
     digits = [0, 3, 3, 9]
     request = seeded_request(digits, guidance=1.5, sampler=sampler, steps=steps, seed=11)
     [images] = sample_together(pipe.model, pipe.schedule, [request])
-    assert_same_images(images, pipe.generate(digits, guidance=1.5, sampler=sampler, steps=steps, seed=11))
+    assert_same_images(images, pipe.generate(digits, guidance=1.5, sampler=sampler, num_inference_steps=steps, seed=11))
 
 
 def test_requests_sharing_a_batch_get_what_they_get_alone(pipe):
@@ -46,7 +43,7 @@ def test_requests_sharing_a_batch_get_what_they_get_alone(pipe):
     requests = [seeded_request(d, guidance=w, sampler="dpm++2m", steps=6, seed=s) for d, w, s in settings]
     together = sample_together(pipe.model, pipe.schedule, requests)
     for (digits, w, seed), images in zip(settings, together):
-        assert_same_images(images, pipe.generate(digits, guidance=w, sampler="dpm++2m", steps=6, seed=seed))
+        assert_same_images(images, pipe.generate(digits, guidance=w, sampler="dpm++2m", num_inference_steps=6, seed=seed))
 
 
 def test_different_guidance_gives_different_images(pipe):
@@ -63,7 +60,7 @@ def test_stochastic_requests_sharing_a_batch_get_what_they_get_alone(pipe, sampl
     requests = [seeded_request(d, guidance=w, sampler=sampler, steps=5, seed=s, eta=eta) for d, w, s in settings]
     together = sample_together(pipe.model, pipe.schedule, requests)
     for (digits, w, seed), images in zip(settings, together):
-        assert_same_images(images, pipe.generate(digits, guidance=w, sampler=sampler, steps=5, seed=seed, eta=eta))
+        assert_same_images(images, pipe.generate(digits, guidance=w, sampler=sampler, num_inference_steps=5, seed=seed, eta=eta))
 
 
 def test_stochastic_samplers_really_draw_noise_after_x_T(pipe):
@@ -79,9 +76,9 @@ def test_a_guidance_interval_is_kept_in_shared_batches(pipe):
     requests = [seeded_request([d], guidance=2.0, sampler="dpm++2m", steps=6, seed=d, guidance_interval=interval)
                 for d in (2, 6)]
     for d, images in zip((2, 6), sample_together(pipe.model, pipe.schedule, requests)):
-        expected = pipe.generate([d], guidance=2.0, sampler="dpm++2m", steps=6, seed=d, guidance_interval=interval)
+        expected = pipe.generate([d], guidance=2.0, sampler="dpm++2m", num_inference_steps=6, seed=d, guidance_interval=interval)
         assert_same_images(images, expected)
-        everywhere = pipe.generate([d], guidance=2.0, sampler="dpm++2m", steps=6, seed=d)
+        everywhere = pipe.generate([d], guidance=2.0, sampler="dpm++2m", num_inference_steps=6, seed=d)
         assert np.abs(images.astype(int) - everywhere.astype(int)).max() > 1  # the interval changed something
     mixed = [requests[0], seeded_request([1], guidance=2.0, sampler="dpm++2m", steps=6, seed=0)]
     assert plan_batches(mixed, max_samples=100) == [[0], [1]]
@@ -104,7 +101,7 @@ def test_the_worker_batches_waiting_requests_and_serves_many_threads(pipe):
     results = sampler.run(requests)  # queued together: one shared batch
     assert list(sampler.batch_sizes) == [6]
     for d, images in enumerate(results):
-        assert_same_images(images, pipe.generate([d], guidance=1.0, sampler="dpm++2m", steps=4, seed=d))
+        assert_same_images(images, pipe.generate([d], guidance=1.0, sampler="dpm++2m", num_inference_steps=4, seed=d))
 
     outputs = {}
 
@@ -119,7 +116,7 @@ def test_the_worker_batches_waiting_requests_and_serves_many_threads(pipe):
         t.join(timeout=60)
     assert sorted(outputs) == list(range(8))
     for seed, images in outputs.items():
-        assert_same_images(images, pipe.generate([seed % 10], guidance=0.5, sampler="dpm++2m", steps=4, seed=seed))
+        assert_same_images(images, pipe.generate([seed % 10], guidance=0.5, sampler="dpm++2m", num_inference_steps=4, seed=seed))
     assert sum(list(sampler.batch_sizes)[1:]) == 8
 
 
@@ -133,7 +130,7 @@ def test_identical_requests_are_computed_once_and_kept(pipe):
     results[0][:] = 0  # every caller gets its own copy
     [again] = sampler.run([seeded_request([3, 8], guidance=1.0, sampler="dpm++2m", steps=4, seed=5)])
     assert list(sampler.batch_sizes) == [1]  # served from the kept results
-    assert_same_images(again, pipe.generate([3, 8], guidance=1.0, sampler="dpm++2m", steps=4, seed=5))
+    assert_same_images(again, pipe.generate([3, 8], guidance=1.0, sampler="dpm++2m", num_inference_steps=4, seed=5))
     for seed in (6, 7):  # two more results push the oldest out of a cache of 2
         sampler.run([seeded_request([3, 8], guidance=1.0, sampler="dpm++2m", steps=4, seed=seed)])
     sampler.run([seeded_request([3, 8], guidance=1.0, sampler="dpm++2m", steps=4, seed=5)])
@@ -154,7 +151,7 @@ def test_a_failing_batch_reports_its_error_and_the_worker_keeps_serving(pipe):
     assert list(sampler.batch_sizes) == [1, 1]
     good = seeded_request([2], guidance=1.0, sampler="dpm++2m", steps=3, seed=0)
     [images] = sampler.run([good])
-    assert_same_images(images, pipe.generate([2], guidance=1.0, sampler="dpm++2m", steps=3, seed=0))
+    assert_same_images(images, pipe.generate([2], guidance=1.0, sampler="dpm++2m", num_inference_steps=3, seed=0))
 
 
 def test_request_steps_can_be_resumed_from_any_thread(pipe):
@@ -172,7 +169,7 @@ def test_request_steps_can_be_resumed_from_any_thread(pipe):
         worker.start()
         worker.join(timeout=60)
     assert [s.index for s in collected] == [1, 2, 3, 4, 5]
-    expected = list(pipe.denoising_steps([6], guidance=0.0, sampler="ddpm", steps=5, seed=2))
+    expected = list(pipe.denoising_steps([6], guidance=0.0, sampler="ddpm", num_inference_steps=5, seed=2))
     for got, want in zip(collected, expected):
         torch.testing.assert_close(got.x, want.x)
         torch.testing.assert_close(got.x0, want.x0)
@@ -184,10 +181,24 @@ def test_request_steps_reports_errors_and_stops_when_closed(pipe):
     bad.labels = torch.tensor([12])
     with pytest.raises(RuntimeError):
         list(request_steps(pipe.model, pipe.schedule, bad))
-    long_run = seeded_request([1], guidance=1.0, sampler="ddpm", steps=40, seed=0)
-    steps = request_steps(pipe.model, pipe.schedule, long_run)
+
+    calls = []
+
+    class Counted(torch.nn.Module):  # the network, counting its evaluations
+        def __init__(self):
+            super().__init__()
+            self.net = pipe.model
+
+        def forward(self, *args):
+            calls.append(1)
+            return self.net(*args)
+
+    long_run = seeded_request([1], guidance=0.0, sampler="ddpm", steps=40, seed=0)
+    steps = request_steps(Counted(), pipe.schedule, long_run)
     assert next(steps).index == 1
     steps.close()  # the loop's thread sees the stop flag after its current step
+    time.sleep(0.5)  # time for many more steps, had it not stopped
+    assert len(calls) <= 3, f"the loop ran on after close(): {len(calls)} of 40 network evaluations"
 
 
 def test_requests_in_progress_counts_requests_until_they_are_done(pipe):

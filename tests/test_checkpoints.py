@@ -32,7 +32,7 @@ def test_a_bf16_pipeline_draws_nearly_the_same_digits(saved):
     stem, _ = saved
     full, half = load_pipeline(stem, bf16=False), load_pipeline(stem, bf16=True)
     assert next(half.model.parameters()).dtype == torch.bfloat16
-    a, b = (p.generate([0, 5, 9], guidance=1.0, steps=5, seed=2).astype(int) for p in (full, half))
+    a, b = (p.generate([0, 5, 9], guidance=1.0, num_inference_steps=5, seed=2).astype(int) for p in (full, half))
     assert a.std() > 10  # real images, not blank
     assert abs(a - b).mean() < 2.0 and abs(a - b).max() < 64
 

@@ -42,7 +42,7 @@ def test_sample_cli_single_digit_and_bad_input(tmp_path, tiny_checkpoint, capsys
         assert f["y"].tolist() == [7, 7, 7]
     assert sample_main(["--digit", "12", "--steps", "2", "--out", str(tmp_path / "bad.npz"),
                         "--checkpoint", str(tiny_checkpoint)]) == 2
-    assert "digits must be from 0 to 9" in capsys.readouterr().err
+    assert "each digit must be a whole number from 0 to 9" in capsys.readouterr().err
     assert not (tmp_path / "bad.npz").exists()
 
 
@@ -54,14 +54,15 @@ def test_cli_defaults_are_the_app_defaults():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(digits=[10]), "from 0 to 9"), (dict(digits=[]), "at least one"), (dict(digits=["x"]), "integers"),
+    (dict(digits=[10]), "from 0 to 9"), (dict(digits=[]), "non-empty"), (dict(digits=["x"]), "each digit must be a whole number"),
     (dict(guidance=float("nan")), "finite"), (dict(guidance=float("inf")), "finite"), (dict(guidance=-1.0), "from 0"),
-    (dict(steps=0), "steps"), (dict(steps=10**6), "steps"), (dict(steps=2.5), "steps"), (dict(sampler="euler"), "sampler"),
+    (dict(num_inference_steps=0), "steps"), (dict(num_inference_steps=10**6), "steps"),
+    (dict(num_inference_steps=2.5), "steps"), (dict(sampler="euler"), "sampler"),
     (dict(guidance_interval=(0.7, 0.2)), "guidance_interval"), (dict(guidance_interval=(-0.1, 1.0)), "guidance_interval"),
 ])
 def test_pipeline_rejects_bad_requests(tiny_checkpoint, bad, message):
     pipe = load_pipeline(tiny_checkpoint)
-    kwargs = {"digits": [1], "guidance": 1.0, "sampler": "ddim", "steps": 2, **bad}
+    kwargs = {"digits": [1], "guidance": 1.0, "sampler": "ddim", "num_inference_steps": 2, **bad}
     digits = kwargs.pop("digits")
     with pytest.raises(ValueError, match=message):
         pipe.generate(digits, **kwargs)
@@ -69,8 +70,8 @@ def test_pipeline_rejects_bad_requests(tiny_checkpoint, bad, message):
 
 def test_generate_many_matches_generate_within_a_batch(tiny_checkpoint):
     pipe = load_pipeline(tiny_checkpoint)
-    a = pipe.generate([1, 2, 3], steps=3, seed=4)
-    b = pipe.generate_many([1, 2, 3], steps=3, seed=4, batch_size=10)
+    a = pipe.generate([1, 2, 3], num_inference_steps=3, seed=4)
+    b = pipe.generate_many([1, 2, 3], num_inference_steps=3, seed=4, batch_size=10)
     assert np.array_equal(a, b)
 
 

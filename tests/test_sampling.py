@@ -33,7 +33,7 @@ def test_ddpm_recovers_the_data_distribution():
     # ancestral DDPM with the posterior variance β̃ under-disperses by O(1/T) (about 3% in std at T = 200)
     sched = NoiseSchedule.create("cosine", 1000)
     oracle = GaussianOracle(sched, s=0.25)
-    x = sample(oracle, sched, torch.full((2000,), 1), sampler="ddpm", steps=1000, clip_x0=False,
+    x = sample(oracle, sched, torch.full((2000,), 1), sampler="ddpm", num_inference_steps=1000, clip_x0=False,
                generator=torch.Generator().manual_seed(0))
     assert x.mean().item() == pytest.approx(0.1, abs=0.015)
     assert x.std().item() == pytest.approx(0.25, rel=0.03)
@@ -46,7 +46,7 @@ def test_the_sde_solver_converges_to_the_data_distribution():
     oracle = GaussianOracle(sched, s=0.25)
     stds = []
     for steps in (25, 100, 400):
-        x = sample(oracle, sched, torch.full((2000,), 1), sampler="dpm++2m-sde", steps=steps, clip_x0=False,
+        x = sample(oracle, sched, torch.full((2000,), 1), sampler="dpm++2m-sde", num_inference_steps=steps, clip_x0=False,
                    start_alpha_bar=0.0, generator=torch.Generator().manual_seed(0))
         assert x.mean().item() == pytest.approx(0.1, abs=0.01)
         stds.append(x.std().item())
@@ -58,7 +58,7 @@ def _ode_error(sampler, steps, sched, oracle, x_T):
     """Mean per-pixel error against the exact solution of the probability-flow ODE for Gaussian data:
     x_0 = m + s·(x_T − √ᾱ_T·m)/√(ᾱ_T·s² + 1 − ᾱ_T)."""
     labels = torch.full((len(x_T),), 1)
-    x = sample(oracle, sched, labels, sampler=sampler, steps=steps, clip_x0=False, start_alpha_bar=0.0, x_T=x_T)
+    x = sample(oracle, sched, labels, sampler=sampler, num_inference_steps=steps, clip_x0=False, start_alpha_bar=0.0, x_T=x_T)
     ab = sched.alpha_bar[-1].item()
     exact = 0.1 + oracle.s * (x_T - ab**0.5 * 0.1) / (ab * oracle.s**2 + 1 - ab) ** 0.5
     return (x - exact.clamp(-1, 1)).abs().mean().item()  # `sample` returns images clamped to [-1,1]
@@ -82,15 +82,15 @@ def test_ddpm_with_all_steps_is_the_course_loop(tiny_unet_config):
     model = build_unet(tiny_unet_config).eval()
     for p in model.parameters():  # non-trivial weights
         torch.nn.init.normal_(p, std=0.05)
-    sched = NoiseSchedule.create(**tiny_unet_config["schedule"])
+    sched = NoiseSchedule.from_config(tiny_unet_config["schedule"])
     labels, w = torch.tensor([1, 7]), 2.0
-    ours = sample(model, sched, labels, guidance=w, sampler="ddpm", steps=sched.num_steps, clip_x0=False,
+    ours = sample(model, sched, labels, guidance=w, sampler="ddpm", num_inference_steps=sched.num_train_steps, clip_x0=False,
                   generator=torch.Generator().manual_seed(3))
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn((2, 1, 28, 28), generator=g)
     with torch.no_grad():
-        for t in range(sched.num_steps, 0, -1):
+        for t in range(sched.num_train_steps, 0, -1):
             tt = torch.full((2,), t)
             eps_c = model(x, tt, labels)
             eps_u = model(x, tt, labels, torch.ones(2, dtype=torch.bool))
@@ -137,8 +137,8 @@ def test_a_guidance_head_guides_in_one_pass(tiny_unet_config):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_same_seed_same_samples(tiny_unet_config, sampler):
     model = build_unet(tiny_unet_config).eval()
-    sched = NoiseSchedule.create(**tiny_unet_config["schedule"])
-    run = lambda seed: sample(model, sched, torch.arange(4), guidance=1.0, sampler=sampler, steps=5, eta=1.0,  # noqa: E731
+    sched = NoiseSchedule.from_config(tiny_unet_config["schedule"])
+    run = lambda seed: sample(model, sched, torch.arange(4), guidance=1.0, sampler=sampler, num_inference_steps=5, eta=1.0,  # noqa: E731
                               generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(run(0), run(0), atol=0, rtol=0)
     assert not torch.equal(run(0), run(1))
@@ -147,12 +147,12 @@ def test_same_seed_same_samples(tiny_unet_config, sampler):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_the_loop_yields_every_step(tiny_unet_config, sampler):
     model = build_unet(tiny_unet_config).eval()
-    sched = NoiseSchedule.create(**tiny_unet_config["schedule"])
-    steps = list(sample_steps(model, sched, torch.tensor([2, 3]), sampler=sampler, steps=6,
+    sched = NoiseSchedule.from_config(tiny_unet_config["schedule"])
+    steps = list(sample_steps(model, sched, torch.tensor([2, 3]), sampler=sampler, num_inference_steps=6,
                               generator=torch.Generator().manual_seed(0)))
     assert [s.index for s in steps] == list(range(1, 7)) and all(s.total == 6 for s in steps)
     ts = [s.t for s in steps]
-    assert ts == sorted(ts, reverse=True) and ts[-1] == 0 and ts[0] < sched.num_steps
+    assert ts == sorted(ts, reverse=True) and ts[-1] == 0 and ts[0] < sched.num_train_steps
     for s in steps:
         assert s.x.shape == s.x0.shape == (2, 1, 28, 28)
         assert s.x0.abs().max() <= 1 and torch.isfinite(s.x).all()
@@ -177,8 +177,8 @@ def test_the_loop_can_be_resumed_from_another_thread(tiny_unet_config):
     import threading
 
     model = build_unet(tiny_unet_config).eval()
-    sched = NoiseSchedule.create(**tiny_unet_config["schedule"])
-    steps = sample_steps(model, sched, torch.tensor([1, 2]), guidance=0.0, steps=4,
+    sched = NoiseSchedule.from_config(tiny_unet_config["schedule"])
+    steps = sample_steps(model, sched, torch.tensor([1, 2]), guidance=0.0, num_inference_steps=4,
                          generator=torch.Generator().manual_seed(0))
     first = next(steps)
     results = []

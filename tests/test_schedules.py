@@ -76,7 +76,7 @@ def test_predict_x0_inverts_q_sample():
     torch.testing.assert_close(sched.predict_x0(sched.q_sample(x0, t, eps), t, eps), x0, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("bad", [dict(name="nope"), dict(num_steps=0), dict(beta_start=0.02, beta_end=0.01)])
+@pytest.mark.parametrize("bad", [dict(name="nope"), dict(num_train_steps=0), dict(beta_start=0.02, beta_end=0.01)])
 def test_bad_arguments_are_rejected(bad):
     with pytest.raises(ValueError):
-        NoiseSchedule.create(**{"name": "linear", "num_steps": 10, **bad})
+        NoiseSchedule.create(**{"name": "linear", "num_train_steps": 10, **bad})

@@ -1,0 +1,122 @@
+"""What one sampling request may ask for: the defaults, the limits, and the one check.
+
+Every caller (the Python API, the command lines, the app's endpoints, the server) checks a request
+here, so a bad value gets the same message everywhere, naming the value and what is allowed.
+
+The defaults are the app's defaults, picked from `python -m diffusion.evaluate` (see
+`checkpoints/evaluation.md`): the fewest network evaluations that pass the quality bar. At 12 steps
+both w = 0.5 and w = 0.6 pass with the default seed; w = 0.6 because with a second seed (--seed 99)
+its worst digit stays at 98.5 % where w = 0.5 drops to 97.5 %.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from .sampling import EVERY_STEP, SAMPLERS
+
+DEFAULT_SAMPLER = "dpm++2m-sde"
+DEFAULT_STEPS = 12
+DEFAULT_GUIDANCE = 0.6
+DEFAULT_GUIDANCE_INTERVAL = EVERY_STEP
+
+MAX_GUIDANCE = 8.0        # beyond this digits only get harsher
+MAX_FEW_STEPS = 100       # ddim, dpm++2m, dpm++2m-sde gain nothing beyond; ddpm may use every step, up to T
+MAX_SEED = 2**32 - 1
+MAX_SAMPLES_PER_CALL = 10_000  # the Python API (evaluation draws 2,000 in batches)
+# A web request's bounds, on a 2-core machine: the app passes these to `check_sampling_request`.
+MAX_SAMPLES = 100         # samples per request
+MAX_WORK = 5_000          # samples × steps per request (× the number of w values in a sweep)
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    """A checked request. digits: one entry per sample (each asked digit repeated samples_per_digit
+    times, digit-major); the same request always gives the same images."""
+
+    digits: tuple[int, ...]
+    samples_per_digit: int
+    guidance: float
+    sampler: str
+    num_inference_steps: int
+    seed: int
+    eta: float = 0.0
+    guidance_interval: tuple[float, float] = DEFAULT_GUIDANCE_INTERVAL
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.digits)
+
+    def with_guidance(self, guidance: float) -> "SamplingRequest":
+        return SamplingRequest(self.digits, self.samples_per_digit, guidance, self.sampler, self.num_inference_steps,
+                               self.seed, self.eta, self.guidance_interval)
+
+
+def max_inference_steps(sampler: str, num_train_steps: int) -> int:
+    """The most steps a request may use with this sampler: T for ddpm, else min(MAX_FEW_STEPS, T)."""
+    return num_train_steps if sampler == "ddpm" else min(MAX_FEW_STEPS, num_train_steps)
+
+
+def is_number(value) -> bool:
+    """A finite int or float (not a bool, not NaN or ±∞)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def whole_number(name: str, value, low: int, high: int) -> int:
+    """`value` as an int in [low, high]; whole floats such as 10.0 (from sliders) are fine. ValueError if not."""
+    if not (is_number(value) and value == int(value) and low <= value <= high):
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {short_repr(value)}")
+    return int(value)
+
+
+def real_number(name: str, value, low: float, high: float) -> float:
+    """`value` as a finite float in [low, high]. ValueError if not."""
+    if not (is_number(value) and low <= value <= high):
+        raise ValueError(f"{name} must be a finite number from {low:g} to {high:g}, got {short_repr(value)}")
+    return float(value)
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """repr(value), cut short: an error message never echoes a whole (possibly huge) input."""
+    text = repr(value) if not (isinstance(value, int) and abs(value) > 10**30) else f"a {len(str(value))}-digit integer"
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
+
+
+def check_sampling_request(digits: Sequence[int], *, samples_per_digit=1, guidance=DEFAULT_GUIDANCE,
+                           sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, seed=0, num_train_steps: int,
+                           eta=0.0, guidance_interval=DEFAULT_GUIDANCE_INTERVAL,
+                           max_samples: int = MAX_SAMPLES_PER_CALL, max_work: int | None = None,
+                           sweep_size: int = 1) -> SamplingRequest:
+    """Check a request and bound its work; raises ValueError with a message meant for the user.
+
+    digits: the asked digits (0..9); samples_per_digit: samples of each; steps: network evaluations;
+    num_train_steps: T of the model; max_samples / max_work: bounds on samples and on
+    samples × steps × sweep_size (None: no bound on work).
+    """
+    if isinstance(digits, (str, bytes)) or not isinstance(digits, Sequence) or not digits:
+        raise ValueError(f"digits must be a non-empty list of digits from 0 to 9, got {short_repr(digits)}")
+    asked = [whole_number("each digit", d, 0, 9) for d in digits]
+    per_digit = whole_number(f"samples per digit (at most {max_samples} samples in all)", samples_per_digit,
+                             1, max(1, max_samples // len(asked)))
+    if len(asked) * per_digit > max_samples:
+        raise ValueError(f"at most {max_samples} samples per call, got {len(asked) * per_digit}")
+    guidance = real_number("guidance w", guidance, 0, MAX_GUIDANCE)
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {short_repr(sampler)}")
+    steps = whole_number(f"steps for {sampler}", steps, 1, max_inference_steps(sampler, num_train_steps))
+    seed = whole_number("seed", seed, 0, MAX_SEED)
+    eta = real_number("eta", eta, 0, 1)
+    try:
+        lo, hi = (float(v) for v in guidance_interval)
+    except (TypeError, ValueError):
+        lo, hi = math.nan, math.nan
+    if not 0 <= lo <= hi <= 1:
+        raise ValueError(f"guidance_interval must be (lo, hi) with 0 ≤ lo ≤ hi ≤ 1, got {short_repr(guidance_interval)}")
+    samples = tuple(d for d in asked for _ in range(per_digit))
+    work = len(samples) * steps * sweep_size
+    if max_work is not None and work > max_work:
+        sweep = f" × {sweep_size} values of w" if sweep_size > 1 else ""
+        raise ValueError(f"too much work for one request: {len(samples)} samples × {steps} steps{sweep} = "
+                         f"{work:,} (at most {max_work:,}); ask for fewer samples or steps")
+    return SamplingRequest(samples, per_digit, guidance, sampler, steps, seed, eta, (lo, hi))
