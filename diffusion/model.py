@@ -24,8 +24,7 @@ It follows the course's ContextUnet and the improvements the course names:
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -38,7 +37,7 @@ NUM_CLASSES = 10
 class UNetConfig:
     """Architecture of `ClassConditionalUNet` (stored in each checkpoint's JSON)."""
 
-    channels: tuple[int, ...] = (32, 64, 128)  # width at 28×28, 14×14, 7×7
+    channels: tuple[int, ...] = (24, 48, 96)   # width at 28×28, 14×14, 7×7 (the shipped network's)
     blocks_per_level: int = 1                  # residual blocks per level on the way down
     attention_heads: int = 4                   # self-attention at the lowest resolution (0 = off)
     embedding_dim: int = 128                   # width of the time + class embedding
@@ -46,6 +45,9 @@ class UNetConfig:
     num_classes: int = NUM_CLASSES
     image_channels: int = 1
     guidance_head: bool = False                # also predict ε(x,c) − ε(x,∅) (see the module docstring)
+    # Ablations (the Architecture tab): switch one part off to see what it is for.
+    skip_connections: bool = True              # False: the up path gets no encoder features
+    time_embedding: bool = True                # False: the network is not told t
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -127,7 +129,7 @@ class ClassConditionalUNet(nn.Module):
         self.config = cfg = config or UNetConfig()
         ch, E, G = cfg.channels, cfg.embedding_dim, cfg.groups
 
-        self.time_mlp = nn.Sequential(nn.Linear(E, E), nn.SiLU(), nn.Linear(E, E))
+        self.time_mlp = nn.Sequential(nn.Linear(E, E), nn.SiLU(), nn.Linear(E, E)) if cfg.time_embedding else None
         self.class_embed = nn.Linear(cfg.num_classes, E)  # one-hot -> embedding (zero vector = no label)
 
         self.stem = nn.Conv2d(cfg.image_channels, ch[0], 3, padding=1)
@@ -152,7 +154,8 @@ class ClassConditionalUNet(nn.Module):
         self.upsamples = nn.ModuleList()
         for level in reversed(range(len(ch))):
             out_ch = ch[level]
-            self.up_blocks.append(ResidualBlock(in_ch + skip_channels[level], out_ch, E, G))
+            skip_ch = skip_channels[level] if cfg.skip_connections else 0
+            self.up_blocks.append(ResidualBlock(in_ch + skip_ch, out_ch, E, G))
             in_ch = out_ch
             first = level == 0
             self.upsamples.append(nn.Identity() if first else
@@ -173,8 +176,10 @@ class ClassConditionalUNet(nn.Module):
         one_hot = F.one_hot(label.long(), self.config.num_classes).to(dtype)
         if context_mask is not None:
             one_hot = one_hot * (~context_mask.bool()).to(dtype)[:, None]
-        temb = self.time_mlp(sinusoidal_embedding(t, self.config.embedding_dim).to(dtype))
-        return temb + self.class_embed(one_hot)
+        class_emb = self.class_embed(one_hot)
+        if not self.config.time_embedding:  # ablation: the network must guess the noise level from x_t alone
+            return class_emb
+        return self.time_mlp(sinusoidal_embedding(t, self.config.embedding_dim).to(dtype)) + class_emb
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -201,7 +206,8 @@ class ClassConditionalUNet(nn.Module):
             h = down(h)
         h = self.mid_block(self.mid_attention(h), emb)
         for i, (block, up) in enumerate(zip(self.up_blocks, self.upsamples)):
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            skip = skips.pop()
+            h = block(torch.cat([h, skip], dim=1) if self.config.skip_connections else h, emb)
             if i == 0:
                 h = self.up_attention(h)
             h = up(h)
@@ -229,10 +235,7 @@ def build_unet(config: dict) -> ClassConditionalUNet:
 def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
     """Whether bfloat16 runs faster than float32 here: on a GPU, or on a CPU whose oneDNN has
     bfloat16 kernels (AVX512-BF16 / AMX; about 2× faster for this net). Elsewhere bfloat16 is
-    emulated and slow. The environment variable DIFFUSION_BF16=0 or 1 overrides the check."""
-    forced = os.environ.get("DIFFUSION_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
+    emulated and slow. (The app's and the command lines' --bf16 / --no-bf16 override it.)"""
     if torch.device(device).type == "cuda":
         return True
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()

@@ -12,8 +12,10 @@ Writes (all under --out, default checkpoints/unet):
     unet.safetensors/.json                the EMA weights + config: what the app ships
     unet.train_state.safetensors/.json    raw weights, optimiser moments, step: for --resume
                                           (with the EMA weights above; each file stays under 15 MB)
-    <log dir>/loss.csv, loss.png          the loss curve
+    <log dir>/loss.csv, loss.png          the training loss, and the loss of the EMA weights on a fixed
+                                          set of training and of held-out (test) images after every epoch
     <log dir>/samples_epoch_NNN.png       a sample grid after every epoch
+    <log dir>/snapshots/step_NNNNNN.*     16-bit EMA weights at --snapshot-steps (training over time)
 Multi-GPU (or multi-process CPU):  torchrun --nproc_per_node N -m diffusion.train …
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ import csv
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +39,9 @@ from .model import UNetConfig, add_guidance_head, bf16_is_fast, build_unet, coun
 from .sampling import conditional_and_unconditional_eps, sample
 from .schedules import SCHEDULE_NAMES, NoiseSchedule
 
+DEFAULTS = UNetConfig()  # one source of truth for the architecture's defaults
+FIXED_LOSS_IMAGES = 2000  # images in the fixed training and held-out sets whose loss is logged per epoch
+
 
 def noisy_batch(schedule: NoiseSchedule, x0: torch.Tensor, label_dropout: float,
                 generator: torch.Generator | None = None):
@@ -45,7 +51,7 @@ def noisy_batch(schedule: NoiseSchedule, x0: torch.Tensor, label_dropout: float,
     context_mask: [B] bool, True (drop the label) with probability `label_dropout`.
     """
     B, device = x0.shape[0], x0.device
-    t = torch.randint(1, schedule.num_steps + 1, (B,), generator=generator).to(device)
+    t = torch.randint(1, schedule.num_train_steps + 1, (B,), generator=generator).to(device)
     noise = torch.randn(x0.shape, generator=generator).to(device)
     context_mask = (torch.rand(B, generator=generator) < label_dropout).to(device)
     return schedule.q_sample(x0, t, noise), t, noise, context_mask
@@ -58,7 +64,7 @@ def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Te
     x0: [B,1,28,28] in [-1,1]; labels: [B] digits. Returns a scalar.
     """
     x_t, t, noise, context_mask = noisy_batch(schedule, x0, label_dropout, generator)
-    return F.mse_loss(model(x_t, t, labels, context_mask), noise)
+    return F.mse_loss(model(x_t, t, labels, context_mask).float(), noise)
 
 
 def distillation_loss(student: torch.nn.Module, teacher: torch.nn.Module, schedule: NoiseSchedule,
@@ -77,6 +83,18 @@ def distillation_loss(student: torch.nn.Module, teacher: torch.nn.Module, schedu
     return F.mse_loss(eps.float(), eps_cond) + F.mse_loss(direction.float(), eps_cond - eps_uncond)
 
 
+@torch.inference_mode()
+def fixed_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, labels: torch.Tensor,
+               seed: int = 0, batch_size: int = 500) -> float:
+    """The diffusion loss on fixed (t, ε) draws, labels kept: comparable from epoch to epoch and between
+    networks. x0: [N,1,28,28] in [-1,1] on the model's device; labels: [N]."""
+    generator = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for xs, ys in zip(x0.split(batch_size), labels.split(batch_size)):
+        total += diffusion_loss(model, schedule, xs, ys, 0.0, generator).item() * len(xs)
+    return total / len(x0)
+
+
 class EMA:
     """Exponential moving average of the weights, with the usual warm-up: decay = min(d, (1+n)/(10+n))."""
 
@@ -93,19 +111,13 @@ class EMA:
             self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
-    sd = opt.state_dict()
-    tensors = {f"optim.{idx}.{key}": torch.as_tensor(val) for idx, st in sd["state"].items() for key, val in st.items()}
-    return tensors, sd["param_groups"]
-
-
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
-    state: dict[int, dict] = {}
-    for name, val in tensors.items():
-        if name.startswith("optim."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = val
-    opt.load_state_dict({"state": state, "param_groups": groups})
+def learning_rate(step: int, total_steps: int, peak: float, final: float, warmup_steps: int) -> float:
+    """Linear warm-up to `peak`, then a cosine decay to `final` at `total_steps` (the last epoch).
+    Small steps at the end settle the weights; EMA then averages a calmer trajectory."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -125,60 +137,78 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=500)
     p.add_argument("--label-dropout", type=float, default=0.1)
     p.add_argument("--ema-decay", type=float, default=0.9995)
-    p.add_argument("--channels", type=int, nargs="+", default=[24, 48, 96])
-    p.add_argument("--attention-heads", type=int, default=4)
-    p.add_argument("--embedding-dim", type=int, default=128)
+    p.add_argument("--channels", type=int, nargs="+", default=list(DEFAULTS.channels))
+    p.add_argument("--attention-heads", type=int, default=DEFAULTS.attention_heads, help="0 = no attention")
+    p.add_argument("--embedding-dim", type=int, default=DEFAULTS.embedding_dim)
+    p.add_argument("--no-skip-connections", action="store_true", help="ablation: the up path gets no encoder features")
+    p.add_argument("--no-time-embedding", action="store_true", help="ablation: the network is not told t")
     p.add_argument("--schedule", choices=SCHEDULE_NAMES, default="cosine")
-    p.add_argument("--timesteps", type=int, default=500)
+    p.add_argument("--num-train-steps", type=int, default=500, help="T, the forward process's number of steps")
+    p.add_argument("--snapshot-steps", type=int, nargs="*", default=[],
+                   help="optimiser steps after which 16-bit EMA weights are kept (training over time)")
     p.add_argument("--sample-guidance", type=float, default=1.0, help="w for the per-epoch sample grid")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast (on by default on a GPU or a CPU with bf16 kernels)")
+    p.add_argument("--no-amp", action="store_true",
+                   help="no bf16 autocast (on by default on a GPU or a CPU with bf16 kernels)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if args.device == "cuda" and distributed
-                          else args.device)
-    is_main = rank == 0
-    torch.manual_seed(args.seed + rank)
-
-    state_stem = Path(str(args.out) + ".train_state")
-    log_dir = Path(args.log_dir or str(args.out) + "_logs")
-    config = {
+def new_config(args: argparse.Namespace, world: int, device: torch.device) -> dict:
+    """The checkpoint config of a fresh run (architecture, schedule, training settings)."""
+    architecture = UNetConfig(channels=tuple(args.channels), attention_heads=args.attention_heads,
+                              embedding_dim=args.embedding_dim, skip_connections=not args.no_skip_connections,
+                              time_embedding=not args.no_time_embedding)
+    return {
         "kind": "diffusion-unet",
-        "architecture": UNetConfig(channels=tuple(args.channels), attention_heads=args.attention_heads,
-                                   embedding_dim=args.embedding_dim).to_dict(),
-        "schedule": NoiseSchedule.create(args.schedule, args.timesteps).to_config(),
+        "architecture": architecture.to_dict(),
+        "schedule": NoiseSchedule.create(args.schedule, args.num_train_steps).to_config(),
         "training": {"batch_size": args.batch_size * world, "lr": args.lr, "min_lr": args.min_lr,
                      "lr_decay_epochs": args.epochs, "label_dropout": args.label_dropout,
-                     "ema_decay": args.ema_decay, "data": f"synthetic({args.synthetic})" if args.synthetic else "MNIST train (60,000)",
+                     "ema_decay": args.ema_decay, "seed": args.seed,
+                     "data": f"synthetic({args.synthetic})" if args.synthetic else "MNIST train (60,000)",
                      "epochs": 0, "steps": 0, "seconds": 0.0, "device": str(device), "processes": world},
     }
+
+
+@dataclass
+class Run:
+    """Everything a training run holds between steps."""
+
+    args: argparse.Namespace
+    config: dict
+    schedule: NoiseSchedule
+    model: torch.nn.Module
+    ema: EMA
+    opt: torch.optim.Optimizer
+    teacher: torch.nn.Module | None
+    device: torch.device
+    state_stem: Path
+    log_dir: Path
+
+    @property
+    def training(self) -> dict:
+        return self.config["training"]
+
+
+def start_run(args: argparse.Namespace, world: int, device: torch.device) -> Run:
+    """A fresh run, a distillation run, or (--resume) the saved run continued."""
+    config = new_config(args, world, device)
     teacher = None
     if args.teacher:
-        if distributed:
-            raise SystemExit("--teacher runs in one process (the student's guidance head bypasses DDP)")
         teacher, teacher_config = load_module(args.teacher, build_unet, kind="diffusion-unet")
         teacher = teacher.to(device).requires_grad_(False)
         config["architecture"] = {**teacher_config["architecture"], "guidance_head": True}
         config["schedule"] = teacher_config["schedule"]
         config["training"]["distilled_from"] = {"checkpoint": Path(args.teacher).name,
                                                 "training": teacher_config["training"]}
+    state_stem = Path(str(args.out) + ".train_state")
     resume = args.resume and checkpoint_paths(state_stem)[0].is_file()
     if resume:  # the saved run's architecture and schedule win over the command line
         saved = read_config(state_stem)
         config["architecture"], config["schedule"] = saved["architecture"], saved["schedule"]
         config["training"].update({k: saved["training"][k] for k in ("epochs", "steps", "seconds")})
-
-    schedule = NoiseSchedule.create(**config["schedule"])
     model = (add_guidance_head(teacher) if teacher is not None and not resume else build_unet(config)).to(device)
     ema = EMA(model, args.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
@@ -188,113 +218,183 @@ def main(argv=None) -> None:
         ema.shadow = {k: v.to(device) for k, v in read_tensors(args.out).items()}  # the shipped weights are the EMA
         ema.num_updates = config["training"]["steps"]
         _restore_optimizer(opt, tensors, saved["optimizer_param_groups"])
-        if is_main:
-            print(f"resumed from {state_stem} at epoch {config['training']['epochs']}, step {config['training']['steps']}")
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    return Run(args, config, NoiseSchedule.from_config(config["schedule"]), model, ema, opt, teacher, device,
+               state_stem, Path(args.log_dir or str(args.out) + "_logs"))
 
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and args.teacher:
+        raise SystemExit("--teacher runs in one process (the student's guidance head bypasses DDP)")
+    if distributed:
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if args.device == "cuda" and distributed
+                          else args.device)
+    torch.manual_seed(args.seed + rank)
+    run = start_run(args, world, device)
     images, labels = synthetic_digits(args.synthetic, args.seed) if args.synthetic else load_mnist(args.data_dir)
-    x_all, y_all = to_model_range(images), labels
+    heldout = (synthetic_digits(min(args.synthetic, FIXED_LOSS_IMAGES), args.seed + 1) if args.synthetic
+               else load_mnist(args.data_dir, train=False))
+    data = (to_model_range(images), labels)
+    fixed_sets = {"train": (to_model_range(images[:FIXED_LOSS_IMAGES]).to(device), labels[:FIXED_LOSS_IMAGES].to(device)),
+                  "heldout": (to_model_range(heldout[0][:FIXED_LOSS_IMAGES]).to(device),
+                              heldout[1][:FIXED_LOSS_IMAGES].to(device))}
     use_amp = bf16_is_fast(device) and not args.no_amp
-    if is_main:
-        print(f"U-Net {count_parameters(model) / 1e6:.2f} M parameters"
-              f"{f', distilled from {args.teacher}' if teacher is not None else ''}, {len(x_all)} images, "
+    if rank == 0:
+        run.log_dir.mkdir(parents=True, exist_ok=True)
+        print(f"U-Net {count_parameters(run.model) / 1e6:.2f} M parameters"
+              f"{f', distilled from {args.teacher}' if run.teacher is not None else ''}, {len(images)} images, "
               f"{world} process(es) on {device}{' with bf16 autocast' if use_amp else ''}, "
-              f"schedule {schedule.name} T={schedule.num_steps}")
-        log_dir.mkdir(parents=True, exist_ok=True)
-
-    step, epoch = config["training"]["steps"], config["training"]["epochs"]
-    seconds_before, t_start = config["training"]["seconds"], time.time()
-    gen = torch.Generator().manual_seed(args.seed * 1000 + rank + step)
-    loss_log = log_dir / "loss.csv"
-    while epoch < args.epochs and not (args.max_steps and step >= args.max_steps):
-        perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(args.seed + epoch))[rank::world]
-        batches = perm.split(args.batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not is_main or args.quiet, leave=False)
-        losses = []
-        for idx in bar:
-            for g in opt.param_groups:
-                g["lr"] = learning_rate(step, args.epochs * len(batches), args.lr, args.min_lr, args.warmup_steps)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                x0, y = x_all[idx].to(device), y_all[idx].to(device)
-                loss = (diffusion_loss(ddp_model, schedule, x0, y, args.label_dropout, gen) if teacher is None else
-                        distillation_loss(model, teacher, schedule, x0, y, args.label_dropout, gen))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            ema.update(model)
-            step += 1
-            losses.append(loss.item())
-            if len(losses) % 20 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.4f}")
-            if args.max_steps and step >= args.max_steps:
-                break
-        epoch += 1
-        if is_main:
-            config["training"].update(epochs=epoch, steps=step,
-                                      seconds=round(seconds_before + time.time() - t_start, 1))
-            _save(args.out, state_stem, config, model, ema, opt)
-            _log_epoch(loss_log, log_dir, epoch, step, losses, config, ema, schedule, args, device)
-            print(f"epoch {epoch}: loss {sum(losses) / max(len(losses), 1):.4f}, step {step}, "
-                  f"{config['training']['seconds'] / 60:.1f} min total", flush=True)
+              f"schedule {run.schedule.name} T={run.schedule.num_train_steps}"
+              + (f"; resumed from {run.state_stem} at epoch {run.training['epochs']}, step {run.training['steps']}"
+                 if run.training["steps"] else ""))
+    ddp_model = torch.nn.parallel.DistributedDataParallel(run.model) if distributed else run.model
+    gen = torch.Generator().manual_seed(args.seed * 1000 + rank + run.training["steps"])
+    t_start, seconds_before = time.time(), run.training["seconds"]
+    while run.training["epochs"] < args.epochs and not (args.max_steps and run.training["steps"] >= args.max_steps):
+        losses = train_epoch(run, ddp_model, data, gen, rank, world, use_amp, fixed_sets)
+        run.training["epochs"] += 1
+        run.training["seconds"] = round(seconds_before + time.time() - t_start, 1)
+        if rank == 0:
+            fixed = {name: fixed_loss(ema_network(run), run.schedule, *xy) for name, xy in fixed_sets.items()}
+            run.training.update({f"{name}_loss": round(v, 5) for name, v in fixed.items()})
+            save_run(run)
+            log_epoch(run, losses, fixed)
+            print(f"epoch {run.training['epochs']}: loss {sum(losses) / max(len(losses), 1):.4f}, EMA loss on "
+                  f"training images {fixed['train']:.4f}, held-out {fixed['heldout']:.4f}, step "
+                  f"{run.training['steps']}, {run.training['seconds'] / 60:.1f} min total", flush=True)
     if distributed:
         dist.destroy_process_group()
 
 
-def learning_rate(step: int, total_steps: int, peak: float, final: float, warmup_steps: int) -> float:
-    """Linear warm-up to `peak`, then a cosine decay to `final` at `total_steps` (the last epoch).
-    Small steps at the end settle the weights; EMA then averages a calmer trajectory."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
+def train_epoch(run: Run, ddp_model, data, gen, rank: int, world: int, use_amp: bool, fixed_sets: dict) -> list[float]:
+    """One pass over the data (this process's share); returns the loss of every step."""
+    args, x_all, y_all = run.args, *data
+    epoch = run.training["epochs"]
+    perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(args.seed + epoch))[rank::world]
+    batches = perm.split(args.batch_size)
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0 or args.quiet, leave=False)
+    losses = []
+    for idx in bar:
+        for g in run.opt.param_groups:
+            g["lr"] = learning_rate(run.training["steps"], args.epochs * len(batches), args.lr, args.min_lr,
+                                    args.warmup_steps)
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            x0, y = x_all[idx].to(run.device), y_all[idx].to(run.device)
+            loss = (diffusion_loss(ddp_model, run.schedule, x0, y, args.label_dropout, gen) if run.teacher is None
+                    else distillation_loss(run.model, run.teacher, run.schedule, x0, y, args.label_dropout, gen))
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
+        run.opt.step()
+        run.ema.update(run.model)
+        run.training["steps"] += 1
+        losses.append(loss.item())
+        if len(losses) % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.4f}")
+        if rank == 0 and run.training["steps"] in args.snapshot_steps:
+            save_snapshot(run, epoch + len(losses) / len(batches), losses, fixed_sets)
+        if args.max_steps and run.training["steps"] >= args.max_steps:
+            break
+    return losses
 
 
-def _save(out, state_stem, config, model, ema, opt) -> None:
-    save_checkpoint(out, ema.shadow, config)
-    optim_tensors, groups = _flatten_optimizer(opt)
-    tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **optim_tensors}
-    save_checkpoint(state_stem, tensors, {**config, "kind": "diffusion-train-state", "optimizer_param_groups": groups})
+def ema_network(run: Run) -> torch.nn.Module:
+    """The EMA weights as a network in eval mode."""
+    model = build_unet(run.config).to(run.device)
+    model.load_state_dict(run.ema.shadow)
+    return model.eval()
 
 
-def _log_epoch(loss_log, log_dir, epoch, step, losses, config, ema, schedule, args, device) -> None:
-    new = not loss_log.exists()
-    with loss_log.open("a", newline="") as f:
-        w = csv.writer(f)
+def save_snapshot(run: Run, epochs: float, losses: list[float], fixed_sets: dict) -> None:
+    """16-bit EMA weights and their losses at this step: <log dir>/snapshots/step_NNNNNN.*"""
+    fixed = {f"{name}_loss": round(fixed_loss(ema_network(run), run.schedule, *xy), 5) for name, xy in fixed_sets.items()}
+    recent = losses[-50:]
+    config = {**run.config, "kind": "diffusion-unet",
+              "training": {**run.training, "epochs_exact": round(epochs, 3),
+                           "recent_training_loss": round(sum(recent) / len(recent), 5), **fixed}}
+    save_checkpoint(run.log_dir / "snapshots" / f"step_{run.training['steps']:06d}",
+                    {k: v.to(torch.float16) for k, v in run.ema.shadow.items()}, config)
+
+
+def save_run(run: Run) -> None:
+    save_checkpoint(run.args.out, run.ema.shadow, run.config)
+    optim_tensors, groups = _flatten_optimizer(run.opt)
+    tensors = {**{f"model.{k}": v for k, v in run.model.state_dict().items()}, **optim_tensors}
+    save_checkpoint(run.state_stem, tensors, {**run.config, "kind": "diffusion-train-state",
+                                              "optimizer_param_groups": groups})
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    sd = opt.state_dict()
+    tensors = {f"optim.{idx}.{key}": torch.as_tensor(val) for idx, st in sd["state"].items() for key, val in st.items()}
+    return tensors, sd["param_groups"]
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    state: dict[int, dict] = {}
+    for name, val in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = val
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def log_epoch(run: Run, losses: list[float], fixed: dict[str, float]) -> None:
+    """Append the epoch's losses to loss.csv and fixed_loss.csv, redraw loss.png, save a sample grid."""
+    epoch, step = run.training["epochs"], run.training["steps"]
+    loss_log, fixed_log = run.log_dir / "loss.csv", run.log_dir / "fixed_loss.csv"
+    rows = [[epoch, step - len(losses) + i + len(losses[i:i + 10]), f"{sum(losses[i:i + 10]) / len(losses[i:i + 10]):.5f}"]
+            for i in range(0, len(losses), 10)]  # one row per 10 steps keeps the file small
+    _append_csv(loss_log, ["epoch", "step", "loss"], rows)
+    _append_csv(fixed_log, ["epoch", "step", "train_loss", "heldout_loss"],
+                [[epoch, step, f"{fixed['train']:.5f}", f"{fixed['heldout']:.5f}"]])
+    plot_losses(loss_log, fixed_log, run.log_dir / "loss.png")
+    x = sample(ema_network(run), run.schedule, torch.arange(10).repeat(4), guidance=run.args.sample_guidance,
+               sampler="dpm++2m", num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+    save_grid(x, run.log_dir / f"samples_epoch_{epoch:03d}.png", nrow=10)
+
+
+def _append_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.writer(f)
         if new:
-            w.writerow(["epoch", "step", "loss"])
-        first = step - len(losses) + 1
-        for i in range(0, len(losses), 10):  # one row per 10 steps keeps the file small
-            chunk = losses[i:i + 10]
-            w.writerow([epoch, first + i + len(chunk) - 1, f"{sum(chunk) / len(chunk):.5f}"])
-    _plot_loss(loss_log, log_dir / "loss.png")
-    ema_model = build_unet(config).to(device)
-    ema_model.load_state_dict(ema.shadow)
-    labels = torch.arange(10).repeat(4)
-    x = sample(ema_model.eval(), schedule, labels, guidance=args.sample_guidance, sampler="dpm++2m", steps=10,
-               generator=torch.Generator().manual_seed(0))
-    save_grid(x, log_dir / f"samples_epoch_{epoch:03d}.png", nrow=10)
+            writer.writerow(header)
+        writer.writerows(rows)
 
 
-def _plot_loss(csv_path: Path, png_path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def read_loss_logs(log_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(loss.csv rows, fixed_loss.csv rows) of a run's log folder as dicts of floats; missing files give []."""
+    def read(path: Path) -> list[dict]:
+        if not path.is_file():
+            return []
+        with path.open() as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
-    with csv_path.open() as f:
-        rows = list(csv.DictReader(f))
-    steps = [int(r["step"]) for r in rows]
-    loss = [float(r["loss"]) for r in rows]
+    return read(Path(log_dir) / "loss.csv"), read(Path(log_dir) / "fixed_loss.csv")
+
+
+def plot_losses(loss_csv: Path, fixed_csv: Path, png_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    steps_rows, fixed_rows = read_loss_logs(loss_csv.parent)
+    steps = [r["step"] for r in steps_rows]
+    loss = [r["loss"] for r in steps_rows]
     k = max(1, len(loss) // 50)
     smooth = [sum(loss[max(0, i - k):i + 1]) / len(loss[max(0, i - k):i + 1]) for i in range(len(loss))]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, loss, alpha=0.3, label="loss (10-step mean)")
+    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(steps, loss, alpha=0.3, label="training loss (10-step mean)")
     ax.plot(steps, smooth, label="smoothed")
+    if fixed_rows:
+        ax.plot([r["step"] for r in fixed_rows], [r["train_loss"] for r in fixed_rows], "o-", label="EMA, training images")
+        ax.plot([r["step"] for r in fixed_rows], [r["heldout_loss"] for r in fixed_rows], "s--", label="EMA, held-out images")
     ax.set(xlabel="optimiser step", ylabel="MSE(ε, ε̂)", yscale="log", title="Diffusion training loss")
     ax.legend()
-    fig.tight_layout()
     fig.savefig(png_path, dpi=100)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

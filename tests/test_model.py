@@ -1,7 +1,9 @@
 """The U-Net: shapes, and that the context mask really means 'no label'."""
 import torch
 
+from diffusion.checkpoints import read_config
 from diffusion.model import ClassConditionalUNet, UNetConfig, build_unet, sinusoidal_embedding
+from diffusion.pipeline import DEFAULT_UNET
 
 
 def _randomised(model):
@@ -39,13 +41,24 @@ def test_mask_applies_per_sample(tiny_unet_config):
     torch.testing.assert_close(mixed[1], model(x[1:], t[1:], y[1:], torch.tensor([True]))[0])
 
 
-def test_time_embedding_distinguishes_steps():
-    e = sinusoidal_embedding(torch.tensor([1, 2, 500]), 32)
-    assert e.shape == (3, 32)
-    assert (e[0] - e[1]).abs().sum() > 0 and (e[0] - e[2]).abs().sum() > 0
+def test_time_embedding_is_sines_and_cosines_that_tell_steps_apart():
+    t = torch.arange(0, 501)
+    e = sinusoidal_embedding(t, 32)
+    assert e.shape == (501, 32)
+    # the first half are sines, the second cosines, of the same angles t·f_i with f_0 = 1
+    torch.testing.assert_close(e[:, :16] ** 2 + e[:, 16:] ** 2, torch.ones(501, 16))
+    torch.testing.assert_close(e[:, 0], torch.sin(t.float()))
+    # every pair of steps 0..500 gets a clearly different vector (a network can tell t from t+1)
+    nearest = torch.cdist(e, e).fill_diagonal_(float("inf")).min()
+    assert nearest > 0.1
 
 
-def test_default_config_is_small_enough_for_a_cpu():
+def test_default_config_is_the_shipped_network():
+    """One source of truth: the config's defaults are the architecture that ships, which fits a CPU."""
+    shipped = read_config(DEFAULT_UNET)["architecture"]
+    defaults = UNetConfig().to_dict()
+    assert {k: v for k, v in defaults.items() if k != "guidance_head"} == \
+        {k: shipped.get(k, defaults[k]) for k in defaults if k != "guidance_head"}
     model = ClassConditionalUNet(UNetConfig())
     assert sum(p.numel() for p in model.parameters()) < 3_000_000
 

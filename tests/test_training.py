@@ -8,18 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from devtools.servers import free_port
 from diffusion.data import synthetic_digits, to_model_range
 from diffusion.model import build_unet
 from diffusion.schedules import NoiseSchedule
 from diffusion.train import EMA, diffusion_loss
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--channels", "8", "16", "16", "--attention-heads", "2", "--embedding-dim", "32", "--timesteps", "50"]
+TINY = ["--channels", "8", "16", "16", "--attention-heads", "2", "--embedding-dim", "32", "--num-train-steps", "50"]
 
 
 def test_one_training_step_changes_weights_and_ema(tiny_unet_config):
     torch.manual_seed(0)
-    model, sched = build_unet(tiny_unet_config), NoiseSchedule.create(**tiny_unet_config["schedule"])
+    model, sched = build_unet(tiny_unet_config), NoiseSchedule.from_config(tiny_unet_config["schedule"])
     images, labels = synthetic_digits(16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ema = EMA(model, decay=0.99)
@@ -39,7 +40,7 @@ def test_one_training_step_changes_weights_and_ema(tiny_unet_config):
 
 def test_a_few_steps_reduce_the_loss(tiny_unet_config):
     torch.manual_seed(0)
-    model, sched = build_unet(tiny_unet_config), NoiseSchedule.create(**tiny_unet_config["schedule"])
+    model, sched = build_unet(tiny_unet_config), NoiseSchedule.from_config(tiny_unet_config["schedule"])
     x, y = to_model_range(synthetic_digits(64)[0]), synthetic_digits(64)[1]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
@@ -79,7 +80,7 @@ def test_cli_trains_writes_logs_and_resumes(tmp_path):
 def test_ddp_two_cpu_processes(tmp_path):
     """torchrun with 2 processes on the gloo backend: gradients are averaged, rank 0 writes."""
     stem = tmp_path / "unet"
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
           "-m", "diffusion.train", "--synthetic", "64", "--batch-size", "8", "--epochs", "1", "--quiet",
           "--device", "cpu", "--out", str(stem), *TINY], tmp_path)
     cfg = json.loads((tmp_path / "unet.json").read_text())
@@ -106,7 +107,7 @@ def test_distillation_fits_the_teachers_two_predictions(tiny_unet_config):
     for p in teacher.parameters():  # a random teacher whose label matters (zero-initialised layers would hide it)
         torch.nn.init.normal_(p, std=0.2)
     teacher.eval().requires_grad_(False)
-    student, sched = add_guidance_head(teacher), NoiseSchedule.create(**tiny_unet_config["schedule"])
+    student, sched = add_guidance_head(teacher), NoiseSchedule.from_config(tiny_unet_config["schedule"])
     images, labels = synthetic_digits(32)
     loss_on_the_batch = lambda: distillation_loss(student, teacher, sched, to_model_range(images), labels, 0.1,  # noqa: E731
                                                   torch.Generator().manual_seed(9))
@@ -132,6 +133,6 @@ def test_cli_distils_a_teacher_into_a_guidance_head(tmp_path):
     assert cfg["training"]["distilled_from"]["training"]["epochs"] == 1
     from diffusion.pipeline import load_pipeline
     pipe = load_pipeline(tmp_path / "student", bf16=False)
-    assert pipe.network_evaluations(steps=10, guidance=1.0) == 10  # one pass per guided step
-    assert load_pipeline(tmp_path / "teacher", bf16=False).network_evaluations(steps=10, guidance=1.0) == 20
-    assert pipe.generate([3, 7], steps=3, seed=0).shape == (2, 28, 28)
+    assert pipe.network_evaluations(num_inference_steps=10, guidance=1.0) == 10  # one pass per guided step
+    assert load_pipeline(tmp_path / "teacher", bf16=False).network_evaluations(num_inference_steps=10, guidance=1.0) == 20
+    assert pipe.generate([3, 7], num_inference_steps=3, seed=0).shape == (2, 28, 28)
