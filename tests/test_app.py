@@ -2,7 +2,6 @@
 defaults, results checked against the engine, bad input on every endpoint, and CLIP both
 unavailable (the usual case offline) and available (a tiny random open_clip model from a file)."""
 import re
-import socket
 import threading
 import time
 
@@ -13,35 +12,36 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-import app
+import ui
+from diffusion.data import to_model_range, to_uint8
+from diffusion.digit_images import pixel_diversity
+from diffusion.model import count_parameters
+from ui import settings
+from ui.how_it_works import how_it_works_markdown
+from ui.rendering import PLOT_DPI, SCHEDULE_FIGURE_INCHES, enlarge, gif_frame
+from devtools.servers import free_port
 from diffusion.classifier import DEFAULT_CLASSIFIER
 from diffusion.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_UNET
 from diffusion.scoring import classifier_scores
-from tiny_clip import TINY_CLIP, save_tiny_clip_weights
+from tiny_clip import TINY_CLIP
 
 MISSING_CLIP = "/nonexistent/open_clip_model.safetensors"
 
 
 # --- launching -----------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_classroom(classroom: app.Classroom):
+def launch_classroom(classroom: ui.Classroom):
     """Build and launch the app on a free port of 127.0.0.1; returns (demo, url)."""
-    demo = app.build_app(classroom)
+    demo = ui.build_app(classroom)
     port = free_port()
-    app.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    ui.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     return demo, f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture(scope="module")
-def classroom() -> app.Classroom:
+def classroom() -> ui.Classroom:
     """The shipped checkpoints; CLIP pointed at a missing file, so it is unavailable at once."""
-    return app.load_classroom(str(DEFAULT_UNET), str(DEFAULT_CLASSIFIER), None, MISSING_CLIP)
+    return ui.load_classroom(str(DEFAULT_UNET), str(DEFAULT_CLASSIFIER), None, MISSING_CLIP)
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +57,9 @@ def client(url) -> Client:
 
 
 @pytest.fixture(scope="module")
-def tiny_clip_weights(tmp_path_factory) -> str:
-    """The tiny CLIP architecture, registered with open_clip, and its random weights (safetensors)."""
-    return save_tiny_clip_weights(tmp_path_factory.mktemp("tiny_clip"))
-
-
-@pytest.fixture(scope="module")
-def clip_classroom(classroom, tiny_clip_weights) -> app.Classroom:
+def clip_classroom(classroom, tiny_clip_weights) -> ui.Classroom:
     """The same models, with CLIP = the tiny model from its weights file."""
-    return app.load_classroom(str(DEFAULT_UNET), str(DEFAULT_CLASSIFIER), TINY_CLIP, tiny_clip_weights)
+    return ui.load_classroom(str(DEFAULT_UNET), str(DEFAULT_CLASSIFIER), TINY_CLIP, tiny_clip_weights)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +83,7 @@ def shrink(image: np.ndarray, scale: int) -> np.ndarray:
 
 def grid_samples(path, count: int) -> np.ndarray:
     """Cut the /generate grid image into its samples: uint8 [count,28,28] (10 per row, 2-pixel gaps)."""
-    grid = shrink(read_image(path), app.GRID_SCALE)
+    grid = shrink(read_image(path), settings.GRID_SCALE)
     cells = [divmod(i, 10) for i in range(count)]
     return np.stack([grid[2 + 30 * r: 30 + 30 * r, 2 + 30 * c: 30 + 30 * c] for r, c in cells])
 
@@ -141,7 +135,7 @@ def test_generate_defaults_give_ten_digits_scored_by_the_classifier(client, clas
     assert table_column(table, "asked") == digits
     # The engine's own call with the engine's defaults gives the same images …
     expected = classroom.pipe.generate(digits, guidance=DEFAULT_GUIDANCE, sampler=DEFAULT_SAMPLER,
-                                       steps=DEFAULT_STEPS, seed=0)
+                                       num_inference_steps=DEFAULT_STEPS, seed=0)
     assert_same_images(images, expected)
     # … and the table and captions carry the classifier's scores of exactly these images.
     scores = classifier_scores(classroom.classifier, images, digits)
@@ -170,7 +164,7 @@ def test_generate_follows_every_sampler_and_setting(client, classroom):
     for sampler, steps, guidance in (("ddim", 8, 0.0), ("ddpm", 20, 2.5), ("dpm++2m", 5, 8.0)):
         images = generate(client, digit=4, samples_per_digit=2, guidance=guidance, sampler=sampler,
                           steps=steps, seed=5)[0]
-        expected = classroom.pipe.generate([4, 4], guidance=guidance, sampler=sampler, steps=steps, seed=5)
+        expected = classroom.pipe.generate([4, 4], guidance=guidance, sampler=sampler, num_inference_steps=steps, seed=5)
         assert_same_images(images, expected)
 
 
@@ -191,7 +185,7 @@ def test_concurrent_generate_requests_all_succeed_with_their_own_results(url, cl
     assert errors == [] and sorted(results) == list(range(6))
     for seed, images in results.items():
         expected = classroom.pipe.generate(list(range(10)), guidance=DEFAULT_GUIDANCE, sampler=DEFAULT_SAMPLER,
-                                           steps=DEFAULT_STEPS, seed=seed)
+                                           num_inference_steps=DEFAULT_STEPS, seed=seed)
         assert_same_images(images, expected)
 
 
@@ -208,7 +202,7 @@ def test_guidance_sweep_runs_each_w_with_the_same_seed_in_one_shared_batch(clien
                                                steps=6, seed=9)
         expected = np.mean(table_column(gen_table, "classifier p(asked)"))
         assert float(mean_confidence) == pytest.approx(100 * expected, abs=0.2)
-        assert float(diversity) == pytest.approx(app.pixel_diversity(images, 3), abs=1e-3)
+        assert float(diversity) == pytest.approx(pixel_diversity(images, 3), abs=1e-3)
 
 
 def test_clip_status_says_why_clip_is_unavailable(client):
@@ -233,14 +227,17 @@ def test_reverse_process_streams_every_frame_then_plot_gif_and_slider(client, cl
     assert [int(c[0]) for c in counters] == sorted((int(c[0]) for c in counters), reverse=True)  # t counts down
     assert all(out[3] is None or "update" in str(out[3]) for out in outputs[:-1])  # no plot re-sent per frame
     x_t, x0, counter, plot, gif, slider = final  # (the session state is not part of the API)
-    last = shrink(read_image(x_t), app.FRAME_SCALE)
-    expected = classroom.pipe.generate([5], guidance=DEFAULT_GUIDANCE, sampler=DEFAULT_SAMPLER, steps=steps, seed=3)
+    last = shrink(read_image(x_t), settings.FRAME_SCALE)
+    expected = classroom.pipe.generate([5], guidance=DEFAULT_GUIDANCE, sampler=DEFAULT_SAMPLER, num_inference_steps=steps, seed=3)
     assert_same_images(last[None], expected)
     assert "first recognises the 5" in counter
     assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png;base64,")
     with Image.open(gif) as animation:
         assert animation.n_frames == steps + 1
-        assert animation.size == (2 * (28 + 2) * app.GIF_SCALE + 2 * app.GIF_SCALE, (28 + 4) * app.GIF_SCALE)
+        frame = gif_frame(last, last)
+        assert animation.size == (frame.shape[1], frame.shape[0])
+        animation.seek(animation.n_frames - 1)
+        np.testing.assert_array_equal(np.asarray(animation.convert("L")), gif_frame(last, shrink(read_image(x0), settings.FRAME_SCALE)))
     assert (slider["maximum"], slider["value"], slider["interactive"]) == (steps, steps, True)
 
 
@@ -249,8 +246,8 @@ def test_long_runs_stream_at_most_a_hundred_frames_and_keep_them_all(client):
     job = client.submit(digit=0, sampler="ddpm", steps=steps, seed=0, api_name="/reverse_process")
     *_, slider = job.result()
     sent = [int(re.search(rf"step (\d+) of {steps}", out[2]).group(1)) for out in job.outputs()]
-    stride = -(-steps // app.MAX_STREAMED_FRAMES)
-    assert stride > 1 and len(sent) <= app.MAX_STREAMED_FRAMES + 1
+    stride = -(-steps // settings.MAX_STREAMED_FRAMES)
+    assert stride > 1 and len(sent) <= settings.MAX_STREAMED_FRAMES + 1
     assert sent == [i for i in range(steps) if i % stride == 0] + [steps]  # x_T, every stride-th step, the last
     assert slider["maximum"] == steps  # every frame can be scrubbed to
     x_t, x0, counter = client.predict(frame=77, api_name="/show_frame")  # a frame that was not sent
@@ -279,16 +276,17 @@ def test_show_frame_scrubs_this_sessions_last_run(url):
 def test_forward_noising_defaults_show_x_t_the_strip_and_the_plot(client, classroom):
     x_t, formula, strip, plot = client.predict(api_name="/forward_noising")
     schedule = classroom.pipe.schedule
-    t = schedule.num_steps // 4  # the t slider's default
+    t = schedule.num_train_steps // 4  # the t slider's default
     x0 = classroom.shipped_images[0]
     noise = torch.randn((1, 1, 28, 28), generator=torch.Generator().manual_seed(0))
-    expected = app.to_uint8(schedule.q_sample(app.to_model_range(x0), torch.tensor([t]), noise))[0]
-    np.testing.assert_array_equal(shrink(read_image(x_t), app.FRAME_SCALE), expected)
+    expected = to_uint8(schedule.q_sample(to_model_range(x0), torch.tensor([t]), noise))[0]
+    np.testing.assert_array_equal(shrink(read_image(x_t), settings.FRAME_SCALE), expected)
     assert f"**t = {t}:** ᾱ_t = {schedule.alpha_bar[t].item():.4f}" in formula
-    assert [item["caption"] for item in strip][0] == "t = 0" and len(strip) == app.STRIP_FRAMES
-    assert strip[-1]["caption"] == f"t = {schedule.num_steps}"
-    np.testing.assert_array_equal(shrink(read_image(strip[0]["image"]), app.SAMPLE_SCALE), x0)  # t = 0 is x₀
-    assert read_image(plot).shape == (320, 900)  # the matplotlib figure, 9 × 3.2 inches at 100 dpi
+    assert [item["caption"] for item in strip][0] == "t = 0" and len(strip) == settings.STRIP_FRAMES
+    assert strip[-1]["caption"] == f"t = {schedule.num_train_steps}"
+    np.testing.assert_array_equal(shrink(read_image(strip[0]["image"]), settings.SAMPLE_SCALE), x0)  # t = 0 is x₀
+    width, height = SCHEDULE_FIGURE_INCHES
+    assert read_image(plot).shape == (round(height * PLOT_DPI), round(width * PLOT_DPI))
 
 
 def test_noise_at_t_matches_forward_noising_for_every_schedule(client):
@@ -304,32 +302,32 @@ def test_noise_at_t_matches_forward_noising_for_every_schedule(client):
 
 def test_x0_from_shipped_digits_uploads_and_drawings(client, classroom, tmp_path):
     shipped = client.predict(index=7, api_name="/shipped_digit")
-    np.testing.assert_array_equal(shrink(read_image(shipped), app.FRAME_SCALE), classroom.shipped_images[7])
+    np.testing.assert_array_equal(shrink(read_image(shipped), settings.FRAME_SCALE), classroom.shipped_images[7])
     # Uploads: the same digit 5× larger, as dark ink on white, and as dark ink on a transparent background.
     digit = classroom.shipped_images[7]
-    Image.fromarray(255 - app.enlarge(digit, 5)).save(tmp_path / "dark_on_white.png")
+    Image.fromarray(255 - enlarge(digit, 5)).save(tmp_path / "dark_on_white.png")
     ink = np.zeros((140, 140, 4), np.uint8)
-    ink[..., 3] = app.enlarge(digit, 5)  # black ink, its opacity = the digit
+    ink[..., 3] = enlarge(digit, 5)  # black ink, its opacity = the digit
     Image.fromarray(ink).save(tmp_path / "transparent.png")
     for name in ("dark_on_white.png", "transparent.png"):
         uploaded = client.predict(image=handle_file(str(tmp_path / name)), api_name="/load_image")
-        assert_same_images(shrink(read_image(uploaded), app.FRAME_SCALE), digit)
+        assert_same_images(shrink(read_image(uploaded), settings.FRAME_SCALE), digit)
     # A drawing: a vertical white stroke on the black canvas becomes a "1"-like x₀.
     canvas = np.zeros((280, 280, 3), np.uint8)
     canvas[40:240, 130:150] = 255
     Image.fromarray(canvas).save(tmp_path / "drawing.png")
     drawing = {"background": handle_file(str(tmp_path / "drawing.png")), "layers": [],
                "composite": handle_file(str(tmp_path / "drawing.png")), "id": None}
-    drawn = shrink(read_image(client.predict(drawing=drawing, api_name="/load_drawing")), app.FRAME_SCALE)
+    drawn = shrink(read_image(client.predict(drawing=drawing, api_name="/load_drawing")), settings.FRAME_SCALE)
     np.testing.assert_array_equal(drawn, np.asarray(Image.fromarray(canvas[..., 0]).resize((28, 28), Image.BOX)))
 
 
 # --- How it works ------------------------------------------------------------------------------------------
 
 def test_how_it_works_reads_the_real_numbers_from_the_checkpoint(classroom):
-    text = app.how_it_works_markdown(classroom)
-    assert f"**{app.count_parameters(classroom.pipe.model):,} parameters**" in text
-    assert f"**T = {classroom.pipe.schedule.num_steps}**" in text and f"**{classroom.pipe.schedule.name}**" in text
+    text = how_it_works_markdown(classroom)
+    assert f"**{count_parameters(classroom.pipe.model):,} parameters**" in text
+    assert f"**T = {classroom.pipe.schedule.num_train_steps}**" in text and f"**{classroom.pipe.schedule.name}**" in text
     assert "(1+w)" in text and "skip connections" in text.lower() and "time embedding" in text.lower()
 
 

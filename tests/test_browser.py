@@ -1,57 +1,29 @@
 """The app in a real browser (Debian's chromium driven by playwright): `python app.py` is started
 the way a Space starts it (port from $PORT), each tab is opened, each action triggered, and the
 images and plots are checked to have rendered. Screenshots go to test-artifacts/."""
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from devtools.browser import CHROMIUM, launch_chromium
+from devtools.servers import free_port, start_app, stop
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 WAIT_MS = 120_000  # generous: the suite may share 2 cores with training
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def url():
     """`python app.py` on a free port given through $PORT; CLIP pointed at a missing file (unavailable)."""
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "HF_HUB_OFFLINE": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "DIFFUSION_CLIP_PRETRAINED": "/nonexistent/clip.safetensors"}
-    env.pop("GRADIO_SERVER_PORT", None)
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "app.log", "w")
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        assert server.poll() is None, f"app.py exited with {server.returncode}; see {ARTIFACTS / 'app.log'}"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "app.py did not serve within 120 s"
-        time.sleep(0.2)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    with open(ARTIFACTS / "app.log", "w") as log:
+        server, _ = start_app(port, log=log)
+        yield f"http://127.0.0.1:{port}/"
+        stop(server)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +32,7 @@ def browser():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         yield browser
         browser.close()
 

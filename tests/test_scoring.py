@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from diffusion import scoring
 from diffusion.checkpoints import save_checkpoint
-from tiny_clip import TINY_CLIP, save_tiny_clip_weights
+from tiny_clip import TINY_CLIP
 from diffusion.classifier import DigitClassifier, load_classifier
 from diffusion.data import load_shipped_digits
 from diffusion.scoring import (DEFAULT_QUALITY_PROMPTS, DIGIT_PROMPTS, Agreement, ClassifierScores, ClipScores,
@@ -28,14 +28,8 @@ PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTP
 
 
 @pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> str:
-    """The tiny CLIP architecture, registered with open_clip, and its random weights (safetensors)."""
-    return save_tiny_clip_weights(tmp_path_factory.mktemp("tiny_clip"))
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tiny_weights):
-    return load_clip(model_name=TINY, pretrained=tiny_weights)
+def tiny_clip(tiny_clip_weights):
+    return load_clip(model_name=TINY, pretrained=tiny_clip_weights)
 
 
 @pytest.fixture(scope="module")
@@ -58,23 +52,23 @@ def no_hub(monkeypatch, tmp_path):
 
 # --- loading -----------------------------------------------------------------------------------------
 
-def test_loads_a_local_weights_file_through_load_clip(tiny_clip, tiny_weights):
-    saved = load_file(tiny_weights)
+def test_loads_a_local_weights_file_through_load_clip(tiny_clip, tiny_clip_weights):
+    saved = load_file(tiny_clip_weights)
     loaded = tiny_clip.model.state_dict()
-    assert (tiny_clip.model_name, tiny_clip.pretrained) == (TINY, tiny_weights)
+    assert (tiny_clip.model_name, tiny_clip.pretrained) == (TINY, tiny_clip_weights)
     assert set(loaded) == set(saved)
     for name, tensor in saved.items():
         torch.testing.assert_close(loaded[name], tensor, msg=name)
 
 
-def test_environment_variables_choose_the_model(monkeypatch, tiny_weights):
+def test_environment_variables_choose_the_model(monkeypatch, tiny_clip_weights):
     monkeypatch.setenv("DIFFUSION_CLIP_MODEL", TINY)
-    monkeypatch.setenv("DIFFUSION_CLIP_PRETRAINED", tiny_weights)
+    monkeypatch.setenv("DIFFUSION_CLIP_PRETRAINED", tiny_clip_weights)
     scorer = load_clip()
-    assert (scorer.model_name, scorer.pretrained) == (TINY, tiny_weights)
+    assert (scorer.model_name, scorer.pretrained) == (TINY, tiny_clip_weights)
 
 
-def test_a_tag_whose_weights_are_cached_loads_without_the_hub(monkeypatch, tmp_path, tiny_weights, no_hub):
+def test_a_tag_whose_weights_are_cached_loads_without_the_hub(monkeypatch, tmp_path, tiny_clip_weights, no_hub):
     """The Hugging Face cache layout (models--org--repo/snapshots/<rev>/file): what a download leaves."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     mean, std = (0.1, 0.2, 0.3), (0.5, 0.5, 0.5)
@@ -83,7 +77,7 @@ def test_a_tag_whose_weights_are_cached_loads_without_the_hub(monkeypatch, tmp_p
                         {"cached": {"hf_hub": "test-org/tiny-clip/", "mean": mean, "std": std}})
     repo = tmp_path / "hf" / "models--test-org--tiny-clip"
     (repo / "snapshots" / "0123abcd").mkdir(parents=True)
-    shutil.copy(tiny_weights, repo / "snapshots" / "0123abcd" / "open_clip_model.safetensors")
+    shutil.copy(tiny_clip_weights, repo / "snapshots" / "0123abcd" / "open_clip_model.safetensors")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0123abcd")
     scorer = load_clip(TINY, "cached", cache_dir=str(tmp_path / "hf"))
@@ -96,17 +90,17 @@ def test_a_tag_whose_weights_are_cached_loads_without_the_hub(monkeypatch, tmp_p
     ("/no/such/dir/clip.safetensors", "not found"),
     ("no_such_tag", "neither a weights file nor"),
 ])
-def test_bad_pretrained_values_are_explained(tiny_weights, pretrained, expected):
+def test_bad_pretrained_values_are_explained(tiny_clip_weights, pretrained, expected):
     with pytest.raises(ClipUnavailable, match=expected) as err:
         load_clip(TINY, pretrained)
     assert "DIFFUSION_CLIP_PRETRAINED" in str(err.value) and "--clip-pretrained" in str(err.value)
 
 
-def test_unknown_model_and_corrupt_file_are_explained(tmp_path, tiny_weights):
+def test_unknown_model_and_corrupt_file_are_explained(tmp_path, tiny_clip_weights):
     with pytest.raises(ClipUnavailable, match="unknown CLIP model 'ViT-Nope'"):
-        load_clip("ViT-Nope", tiny_weights)
+        load_clip("ViT-Nope", tiny_clip_weights)
     broken = tmp_path / "broken.safetensors"
-    with open(tiny_weights, "rb") as f:
+    with open(tiny_clip_weights, "rb") as f:
         broken.write_bytes(f.read(1000))  # a truncated download
     with pytest.raises(ClipUnavailable, match="could not load CLIP"):
         load_clip(TINY, str(broken))
@@ -277,8 +271,8 @@ def test_bad_inputs_are_rejected(tiny_clip, images, digits, expected):
 
 # --- LazyClip: never blocks a request --------------------------------------------------------------------
 
-def test_lazy_clip_loads_in_the_background(tiny_weights):
-    lazy = LazyClip(TINY, tiny_weights)
+def test_lazy_clip_loads_in_the_background(tiny_clip_weights):
+    lazy = LazyClip(TINY, tiny_clip_weights)
     assert lazy.status() == "not loaded"
     lazy.start()
     lazy.start()  # idempotent
@@ -339,17 +333,21 @@ def test_agreement_counts_matching_digits():
 
 
 def test_agreement_of_real_scores(tiny_clip, digits):
+    """On real scores of the shipped digits: the classifier is right on all 30, so CLIP's digit agrees
+    exactly where CLIP itself is right (the tiny random CLIP is right on few)."""
     images, labels = digits
     c = tiny_clip.score(images, labels)
     k = classifier_scores(load_classifier(), images, labels)
+    assert (k.predicted_digit == labels).all()
     a = agreement(c, k)
-    assert a.disagree == [i for i in range(len(images)) if c.predicted_digit[i] != k.predicted_digit[i]]
-    assert a.rate == pytest.approx(1 - len(a.disagree) / len(images))
+    clip_wrong = np.flatnonzero(c.predicted_digit != labels).tolist()
+    assert a.disagree == clip_wrong and 0 < len(clip_wrong) < len(images)
+    assert a.rate == (len(images) - len(clip_wrong)) / len(images)
 
 
 # --- the CLI -------------------------------------------------------------------------------------------
 
-def test_cli_prints_scores_and_agreement(tmp_path, tiny_weights, digits, capsys):
+def test_cli_prints_scores_and_agreement(tmp_path, tiny_clip_weights, digits, capsys):
     images, labels = digits
     np.savez(tmp_path / "samples.npz", x=images[:4], y=labels[:4])
     torch.manual_seed(0)
@@ -357,7 +355,7 @@ def test_cli_prints_scores_and_agreement(tmp_path, tiny_weights, digits, capsys)
     save_checkpoint(stem, DigitClassifier().state_dict(),
                     {"kind": "digit-classifier", "architecture": {"width": 32, "feature_dim": 128}})
     scoring.main(["--images", str(tmp_path / "samples.npz"), "--classifier", str(stem),
-                  "--clip-model", TINY, "--clip-pretrained", tiny_weights])
+                  "--clip-model", TINY, "--clip-pretrained", tiny_clip_weights])
     out = capsys.readouterr().out
     assert f"CLIP: {TINY}" in out and "CLIP agrees with the classifier on" in out
     assert len([line for line in out.splitlines() if line[:3].strip().isdigit()]) == 4

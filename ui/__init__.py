@@ -1,0 +1,60 @@
+"""The Gradio app's user interface: one module per tab, each holding its layout and its handlers.
+
+    classroom      the loaded models and the services every tab shares
+    generate       Generate: samples with the classifier's and CLIP's scores, the guidance sweep
+    reverse        Reverse process: denoising, frame by frame
+    forward        Forward noising: x_t under any β schedule
+    how_it_works   How it works: the explanations (how_it_works.md) with the model's real numbers
+    controls, validation, rendering, settings: shared widgets, input checks, pictures, limits
+
+Every action is an API endpoint whose parameters all have defaults (see the README):
+    /generate  /guidance_sweep  /clip_status                 (Generate tab)
+    /reverse_process  /show_frame                            (Reverse process tab)
+    /shipped_digit  /load_image  /load_drawing  /forward_noising  /noise_at_t   (Forward noising tab)
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from . import how_it_works
+from .classroom import Classroom, load_classroom
+from .forward import ForwardTab
+from .generate import GenerateTab
+from .reverse import ReverseTab
+from .settings import CSS, MAX_FILE_SIZE, QUEUE_SIZE, SAMPLING_CONCURRENCY, SESSION_CAPACITY
+
+__all__ = ["Classroom", "build_app", "launch", "load_classroom"]
+
+THEME = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])  # no web fonts
+
+
+def build_app(classroom: Classroom) -> gr.Blocks:
+    """The four tabs wired to `classroom`."""
+    generate, reverse, forward = GenerateTab(classroom), ReverseTab(classroom), ForwardTab(classroom)
+    with gr.Blocks(title="MNIST Diffusion Classroom", delete_cache=(1800, 3600)) as demo:
+        gr.Markdown("# MNIST Diffusion Classroom\nA class-conditional diffusion model (DDPM) drawing handwritten "
+                    "digits, step by step.")
+        with gr.Tab("Generate", id="generate"):
+            clip_status = generate.layout()
+        with gr.Tab("Reverse process", id="reverse"):
+            reverse.layout()
+        with gr.Tab("Forward noising", id="forward"):
+            forward_event = forward.layout()
+        with gr.Tab("How it works", id="how"):
+            how_it_works.layout(classroom)
+        timer = gr.Timer(2.0, active=True)
+        timer.tick(generate.poll_clip_status, None, [clip_status, timer], api_visibility="private", queue=False)
+        demo.load(generate.clip_status, None, clip_status, api_name="clip_status", queue=False)
+        demo.load(api_visibility="private", **forward_event)
+    return demo
+
+
+def launch(demo: gr.Blocks, host: str, port: int, **kwargs):
+    """Queue with limits (sized for 2 vCPUs) and serve. Returns what gr.Blocks.launch returns."""
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2)
+    # run_history=False: gradio's run history re-reads and re-writes up to 100 past runs in the browser's
+    # localStorage on every event, so each slider move got slower as a lesson went on (measured: 45 ms
+    # round trips became 100 ms after ten reverse-process runs). The app has its own frame slider.
+    return demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, max_file_size=MAX_FILE_SIZE,
+                       max_threads=SAMPLING_CONCURRENCY + 24, state_session_capacity=SESSION_CAPACITY,
+                       ssr_mode=False, show_error=True, run_history=False, **kwargs)

@@ -1,0 +1,101 @@
+"""What every tab shares: the loaded models, the shared network batcher, the scores, and a folder
+for the files the app writes (removed when the app stops, SIGTERM included)."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diffusion.batching import BatchingSampler, SampleRequest, seeded_request
+from diffusion.checkpoints import read_config
+from diffusion.classifier import load_classifier
+from diffusion.data import load_shipped_digits, shipped_test_index
+from diffusion.pipeline import DigitDiffusion, load_pipeline
+from diffusion.requests import SamplingRequest, check_sampling_request, max_inference_steps
+from diffusion.scoring import ClassifierScores, ClipScores, ClipUnavailable, LazyClip, classifier_scores
+
+from .settings import MAX_SAMPLES, MAX_WORK
+from .validation import digit_set, user_errors
+
+CLIP_BUSY = ("CLIP skipped this time: {why}, and on a 2-core machine CLIP would hold them up. It scores "
+             "samples again as soon as the app is not busy.")
+
+
+@dataclass
+class Scores:
+    """The classifier's scores, and CLIP's when CLIP is ready (else `clip_note` says why not)."""
+
+    classifier: ClassifierScores
+    clip: ClipScores | None
+    clip_note: str = ""
+
+
+class Classroom:
+    """The loaded models and the services the tabs share."""
+
+    def __init__(self, pipe: DigitDiffusion, classifier, clip: LazyClip, classifier_config: dict):
+        self.pipe, self.classifier, self.clip, self.classifier_config = pipe, classifier, clip, classifier_config
+        self.sampler = BatchingSampler(pipe.model, pipe.schedule)
+        self._clip_lock = threading.Lock()  # one CLIP evaluation at a time: it is the heaviest network here
+        self.work_folder = Path(tempfile.mkdtemp(prefix="mnist-diffusion-app-"))  # GIFs and plots
+        self.shipped_images, self.shipped_labels = load_shipped_digits()
+        self.shipped_test_index = shipped_test_index()
+
+    def close(self) -> None:
+        """Remove the work folder (the app calls this when it stops)."""
+        shutil.rmtree(self.work_folder, ignore_errors=True)
+
+    # --- sampling requests ---------------------------------------------------------------------------
+    def max_steps(self, sampler: str) -> int:
+        return max_inference_steps(sampler, self.pipe.num_train_steps)
+
+    def sampling_request(self, digit, samples_per_digit, guidance, sampler, steps, seed, *,
+                         allow_all: bool = True, sweep_size: int = 1) -> SamplingRequest:
+        """Check a request from a page (digit may be 'all') and bound its work; raises gr.Error naming the bad value."""
+        asked = digit_set(digit, allow_all)
+        with user_errors():
+            return check_sampling_request(asked, samples_per_digit=samples_per_digit, guidance=guidance,
+                                          sampler=sampler, steps=steps, seed=seed,
+                                          num_train_steps=self.pipe.num_train_steps, max_samples=MAX_SAMPLES,
+                                          max_work=MAX_WORK, sweep_size=sweep_size)
+
+    @staticmethod
+    def engine_request(request: SamplingRequest) -> SampleRequest:
+        return seeded_request(request)
+
+    # --- scores ----------------------------------------------------------------------------------------
+    def score(self, images: np.ndarray, digits, prompts: tuple[str, ...]) -> Scores:
+        """The classifier's scores, plus CLIP's if it has loaded and the Space is not busy.
+
+        CLIP never makes anyone wait: it costs about 0.05-0.1 s per image on 2 CPU cores (ViT-B-32),
+        so when a class samples at once (other requests waiting for the network, or CLIP scoring
+        another request) it is skipped, and the note says so."""
+        classifier = classifier_scores(self.classifier, images, digits)
+        try:
+            scorer = self.clip.get()  # starts loading on first use; raises at once while loading
+        except ClipUnavailable as e:
+            return Scores(classifier, None, str(e))
+        waiting = self.sampler.requests_in_progress()
+        if waiting or not self._clip_lock.acquire(blocking=False):
+            return Scores(classifier, None, CLIP_BUSY.format(
+                why=f"{waiting} other request(s) are waiting for the network" if waiting
+                else "it is scoring another request's samples"))
+        try:
+            return Scores(classifier, scorer.score(images, digits, prompts))
+        finally:
+            self._clip_lock.release()
+
+    def confidence(self, images: np.ndarray, digits) -> np.ndarray:
+        """The classifier's probability that each image (uint8 [N,28,28]) is its asked digit: float [N]."""
+        return classifier_scores(self.classifier, images, digits).confidence_requested
+
+
+def load_classroom(unet: str, classifier: str, clip_model: str | None, clip_pretrained: str | None, *,
+                   device: str = "cpu", bf16: bool | None = None) -> Classroom:
+    """Load the checkpoints (CLIP only later, in the background, when first needed)."""
+    pipe = load_pipeline(unet, bf16=bf16, device=device)
+    return Classroom(pipe, load_classifier(classifier), LazyClip(clip_model, clip_pretrained), read_config(classifier))

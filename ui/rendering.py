@@ -1,0 +1,177 @@
+"""Pictures for the page: enlarged digits, sample cards, tables, matplotlib figures and GIFs.
+No diffusion maths here: every number drawn comes from the engine."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from diffusion.data import grid_image
+from diffusion.scoring import ClassifierScores, ClipScores, agreement
+from diffusion.schedules import SCHEDULE_NAMES, NoiseSchedule
+
+from .settings import GIF_FRAME_MS, GIF_LAST_FRAME_MS, GIF_MAX_FRAMES, GIF_SCALE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+PLOT_DPI = 100                      # pixels per inch of the figures saved as files
+SCHEDULE_FIGURE_INCHES = (9, 3.2)   # ᾱ(t) and log-SNR side by side
+
+
+def enlarge(images: np.ndarray, scale: int) -> np.ndarray:
+    """uint8 [..., H, W] -> uint8 [..., H·scale, W·scale]: each pixel becomes a crisp scale×scale block."""
+    return np.asarray(images).repeat(scale, axis=-2).repeat(scale, axis=-1)
+
+
+def png_data_uri(image: np.ndarray) -> str:
+    """uint8 [H,W] -> 'data:image/png;base64,…' (inline in HTML: no extra request per image)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure (inches), drawn off-screen; matplotlib is imported on first use (faster start)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def keep_newest(folder: Path, pattern: str, keep: int) -> None:
+    """Delete all but the `keep` newest files matching `pattern` (bounds the disk a busy Space uses)."""
+    def age(path: Path) -> float:
+        try:
+            return -path.stat().st_mtime
+        except FileNotFoundError:  # another request just deleted it
+            return 0.0
+
+    for old in sorted(folder.glob(pattern), key=age)[keep:]:
+        old.unlink(missing_ok=True)
+
+
+# --- Generate: samples beside their scores ---------------------------------------------------------------
+
+def sample_cards(images: np.ndarray, digits: Sequence[int], classifier: ClassifierScores,
+                 clip: ClipScores | None, indices) -> str:
+    """HTML: each sample (of `indices`) with the classifier's and CLIP's scores right beside it."""
+    c, k = classifier, clip
+    cards = []
+    for i in indices:
+        d = digits[i]
+        lines = [f"<b>#{i + 1}</b> · asked <b>{d}</b>",
+                 _verdict("classifier", c.predicted_digit[i], d, c.confidence_requested[i])]
+        if k is not None:
+            lines.append(_verdict("CLIP", k.predicted_digit[i], d, k.prob_requested[i]))
+            lines.append(f"CLIPScore {k.clip_score[i]:.0f}")
+            if k.quality_prompts:
+                best = int(k.quality_probs[i].argmax())
+                lines.append(f"“{html.escape(k.quality_prompts[best])}” {k.quality_probs[i, best]:.0%}")
+        cards.append(f'<div class="sample-card"><img src="{png_data_uri(images[i])}" alt="sample {i + 1}">'
+                     f'<div>{"<br>".join(lines)}</div></div>')
+    return f'<div class="sample-cards">{"".join(cards)}</div>'
+
+
+def _verdict(judge: str, seen: int, asked: int, probability: float) -> str:
+    seen_text = f"sees a {seen}" if seen == asked else f'<span class="miss">sees a {seen}</span>'
+    return f"{judge}: {seen_text} · p({asked}) = {probability:.0%}"
+
+
+def scores_table(digits: Sequence[int], classifier: ClassifierScores, clip: ClipScores | None) -> pd.DataFrame:
+    """One row per sample: the classifier's and (if ready) CLIP's digit and scores."""
+    def rounded(values, places=3):
+        return np.asarray(values, dtype=np.float64).round(places)
+
+    table = {"#": np.arange(1, len(digits) + 1), "asked": list(digits), "classifier digit": classifier.predicted_digit,
+             "classifier p(asked)": rounded(classifier.confidence_requested)}
+    if clip is not None:
+        table.update({"CLIP digit": clip.predicted_digit, "CLIP p(asked)": rounded(clip.prob_requested),
+                      "CLIPScore": rounded(clip.clip_score, 1)})
+        for j, prompt in enumerate(clip.quality_prompts):
+            table[f"CLIP p({prompt})"] = rounded(clip.quality_probs[:, j])
+    return pd.DataFrame(table)
+
+
+def agreement_panel(images: np.ndarray, digits: Sequence[int], classifier: ClassifierScores,
+                    clip: ClipScores | None, clip_note: str) -> tuple[str, str]:
+    """Markdown on how often CLIP's digit matches the classifier's, and HTML cards of the disagreements."""
+    if clip is None:
+        return f"**No CLIP scores.** {clip_note}  \nThe classifier's scores work without CLIP.", ""
+    found = agreement(clip, classifier)
+    text = (f"**CLIP's digit matches the classifier's on {len(digits) - len(found.disagree)} of {len(digits)} "
+            f"samples ({found.rate:.0%}).** ")
+    text += (f"They disagree on {len(found.disagree)}, shown below." if found.disagree
+             else "They agree on every sample.")
+    return text, sample_cards(images, digits, classifier, clip, found.disagree)
+
+
+def sweep_figure(ws: list[float], grids: list[np.ndarray], captions: list[str]) -> Figure:
+    """The guidance sweep: one row of samples per w (the same seed, so columns match), each row
+    labelled with w and its scores. grids: uint8 [H,W] pictures of equal size."""
+    height, width = grids[0].shape
+    fig = new_figure(1.6 + width / 60, 0.3 + len(ws) * (height / 60 + 0.15))
+    for ax, w, grid, caption in zip(np.atleast_1d(fig.subplots(len(ws), 1)), ws, grids, captions):
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_ylabel(f"w = {w:g}\n{caption}", rotation=0, ha="right", va="center", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+# --- Forward noising -------------------------------------------------------------------------------------
+
+def schedule_plot(folder: Path, schedules: dict[str, NoiseSchedule], chosen: str) -> str:
+    """The schedules plot as a PNG file in `folder`, drawn once per setting (every page load shows the
+    default one). schedules: every schedule by name, all with the same T and β range."""
+    first = schedules[chosen]
+    settings = repr((chosen, first.num_train_steps, first.beta_start, first.beta_end)).encode()
+    path = folder / f"schedules-{hashlib.sha1(settings).hexdigest()[:16]}.png"
+    if not path.exists():
+        drawing = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+        schedule_figure(schedules, chosen).savefig(drawing, dpi=PLOT_DPI, format="png")
+        drawing.replace(path)  # atomic: a request drawing the same plot at the same time reads a whole file
+        keep_newest(path.parent, "schedules-*.png", keep=64)
+    return str(path)
+
+
+def schedule_figure(schedules: dict[str, NoiseSchedule], chosen: str) -> Figure:
+    """ᾱ(t) and log-SNR(t) for every schedule (same T and β range), the chosen one drawn thick."""
+    fig = new_figure(*SCHEDULE_FIGURE_INCHES)
+    ax_bar, ax_snr = fig.subplots(1, 2)
+    for name in SCHEDULE_NAMES:
+        schedule = schedules[name]
+        t = np.arange(schedule.num_train_steps + 1)
+        style = {"linewidth": 3.2, "alpha": 1.0} if name == chosen else {"linewidth": 1.3, "alpha": 0.55}
+        label = name + (" (ignores the β range)" if name == "cosine" else "")
+        ax_bar.plot(t, schedule.alpha_bar.numpy(), label=label, **style)
+        ax_snr.plot(t[1:], schedule.log_snr[1:].numpy(), label=label, **style)
+    ax_bar.set(xlabel="t", ylabel="ᾱ(t)", title="How much of x₀ survives: ᾱ(t)")
+    ax_snr.set(xlabel="t", ylabel="log SNR(t)", title="log signal-to-noise ratio")
+    ax_bar.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+# --- Reverse process -------------------------------------------------------------------------------------
+
+def gif_frame(x_t: np.ndarray, x0: np.ndarray) -> np.ndarray:
+    """One GIF frame: x_t beside x̂0 (uint8 [28,28] each), enlarged GIF_SCALE times."""
+    return enlarge(grid_image(np.stack([x_t, x0]), nrow=2), GIF_SCALE)
+
+
+def write_gif(x_t: Sequence[np.ndarray], x0: Sequence[np.ndarray], folder: Path, name: str) -> Path:
+    """An animation of x_t beside x̂0 (uint8 [28,28] frames) as a looping GIF of at most GIF_MAX_FRAMES frames."""
+    picks = np.unique(np.linspace(0, len(x_t) - 1, min(len(x_t), GIF_MAX_FRAMES)).round().astype(int))
+    frames = [Image.fromarray(gif_frame(x_t[i], x0[i])) for i in picks]
+    path = folder / f"{name}-{uuid.uuid4().hex[:8]}.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], loop=0,
+                   duration=[GIF_FRAME_MS] * (len(frames) - 1) + [GIF_LAST_FRAME_MS])
+    keep_newest(folder, "*.gif", keep=200)
+    return path

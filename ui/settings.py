@@ -1,0 +1,40 @@
+"""The app's limits and display sizes: one place for every number the UI states or enforces.
+
+The sampling limits (samples, steps, work, guidance, seed) are the engine's, from `diffusion.requests`.
+"""
+from diffusion.digit_images import MAX_IMAGE_PIXELS  # noqa: F401 (re-exported)
+from diffusion.requests import MAX_FEW_STEPS, MAX_GUIDANCE, MAX_SAMPLES, MAX_SEED, MAX_WORK  # noqa: F401
+
+# --- Limits: they bound the work one request can cause on a 2-core machine (the UI states them) ------
+MAX_SWEEP_VALUES = 8
+MAX_PROMPTS, MAX_PROMPT_CHARS = 8, 200
+MAX_FORWARD_T = 1000
+MAX_FILE_SIZE = "10mb"          # uploads, as sent (gradio refuses bigger files)
+QUEUE_SIZE = 256                # requests waiting at once; more get "queue full"
+SAMPLING_CONCURRENCY = 40       # /generate and /guidance_sweep mostly wait on the shared BatchingSampler
+ANIMATION_CONCURRENCY = 2       # /reverse_process runs the network itself, one step per frame
+LIGHT_CONCURRENCY = 4           # forward noising, loading x₀: milliseconds each
+SESSION_CAPACITY = 1000         # browser sessions whose state (the last reverse-process run) is kept
+INSTANT = {"preprocess": False, "queue": False}  # sliders (/noise_at_t, /show_frame): under 1 ms of work each,
+                                                 # so they skip the queue: one HTTP round trip instead of three
+
+# --- Display -------------------------------------------------------------------------------------------
+SAMPLE_SCALE = 4   # 28 px -> 112 px in galleries
+GRID_SCALE = 2     # the downloadable grid of samples
+FRAME_SCALE = 8    # 28 px -> 224 px for x_t, x̂0 and x_0
+GIF_SCALE, GIF_MAX_FRAMES, GIF_FRAME_MS, GIF_LAST_FRAME_MS = 4, 100, 80, 1500
+MAX_STREAMED_FRAMES = 100  # frames sent while the reverse process runs (a 500-step ddpm run sends every 5th)
+STRIP_FRAMES = 8
+RECOGNISABLE = 0.5  # the classifier's probability for the asked digit at which we call it recognisable
+ALL_DIGITS = "all"
+DEFAULT_SWEEP = "0, 0.5, 1, 2, 4, 8"
+DEFAULT_REVERSE_DIGIT = "3"
+CSS = """
+.pixels img { image-rendering: pixelated; }
+.sample-cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(230px, 1fr)); gap: 8px; }
+.sample-card { display: flex; gap: 10px; align-items: center; padding: 6px; font-size: 13px; line-height: 1.35;
+               border: 1px solid var(--border-color-primary); border-radius: 8px; }
+.sample-card img { width: 84px; height: 84px; flex: none; image-rendering: pixelated; }
+.sample-card .miss { color: #c2410c; font-weight: 600; }
+"""
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
