@@ -9,92 +9,36 @@ Bars (on a 2-core machine):
     slider           forward-noising t slider -> new x_t shown in the browser ≤ 100 ms
     30 users         30 concurrent gradio_client users each asking for a 10-digit grid: all succeed, p95 ≤ 10 s
 The browser figures use Debian's chromium through playwright; gradio_client figures are printed beside them.
+Writes benchmarks/results/app.json and exits 1 if a bar is missed.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-import httpx
 from gradio_client import Client, handle_file
 
-ROOT = Path(__file__).resolve().parent.parent
+from devtools.bench import Report, cpu_seconds, percentile, summary
+from devtools.browser import launch_chromium
+from devtools.servers import free_port, start_app, stop
+
 FRESH_SEEDS = itertools.count(10_000, 1)  # every measured request gets a seed never used before (no cached results)
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+STARTUP_BAR_S, FIRST_FRAME_BAR_MS, SLIDER_BAR_MS, USERS_P95_BAR_S = 8.0, 500.0, 100.0, 10.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation between order statistics."""
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    low, high = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
-
-
-def summary(values: list[float], unit: str = "s", scale: float = 1.0) -> str:
-    v = [x * scale for x in values]
-    return (f"median {statistics.median(v):.3g} {unit}, p95 {percentile(v, 95):.3g} {unit}, "
-            f"min {min(v):.3g}, max {max(v):.3g} (n = {len(v)})")
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc), or None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, TypeError):
-        return None
-
-
-# --- start-up ---------------------------------------------------------------------------------------------
-
-def start_app(port: int, extra_env: dict | None = None) -> tuple[subprocess.Popen, float]:
-    """Start `python app.py` on `port`; returns (process, seconds until it answered HTTP 200 on /)."""
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", **(extra_env or {})}
-    start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return process, time.perf_counter() - start
-        except httpx.TransportError:
-            pass
-        time.sleep(0.02)
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    process.wait(timeout=30)
-
-
-def bench_startup(runs: int) -> None:
+def bench_startup(runs: int, report: Report) -> None:
     stop(start_app(free_port())[0])  # warm the disk cache
     times = []
     for _ in range(runs):
         process, seconds = start_app(free_port())
         times.append(seconds)
         stop(process)
-    print(f"start-up (python app.py -> HTTP 200): {summary(times)}   bar: ≤ 8 s")
+    report.figure("startup_seconds", times, f"start-up (python app.py -> HTTP 200): {summary(times)}")
+    report.bar("startup_seconds_median", statistics.median(times), STARTUP_BAR_S, "s", "start-up (median)")
 
 
 # --- the browser ------------------------------------------------------------------------------------------
@@ -129,6 +73,10 @@ SLIDER_ROUND_TRIP_JS = """async (value) => {
 }"""
 
 
+def seen_ms(milliseconds: list[float | None]) -> list[float]:
+    return [ms for ms in milliseconds if ms is not None]
+
+
 def browser_summary(milliseconds: list[float | None]) -> str:
     """Summary of in-page timings; None = no new image within 30 s (counted, left out of the figures)."""
     seen = [ms / 1000 for ms in milliseconds if ms is not None]
@@ -136,11 +84,11 @@ def browser_summary(milliseconds: list[float | None]) -> str:
     return summary(seen, "ms", 1000) + (f", {missed} without a new image within 30 s" if missed else "")
 
 
-def bench_browser(url: str, repeats: int) -> None:
+def bench_browser(url: str, repeats: int, report: Report) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         page.wait_for_selector("#clip-status")
@@ -151,7 +99,11 @@ def bench_browser(url: str, repeats: int) -> None:
             page.wait_for_function(
                 "() => document.querySelector('#step-counter').innerText.includes('first recognises')", timeout=120_000)
             time.sleep(0.5)  # let the page settle: a click while the last run is still pending would be ignored
-        print(f"browser: click -> first animation frame shown: {browser_summary(first_frames[1:])}   bar: ≤ 500 ms")
+        report.figure("first_frame_ms", first_frames[1:],
+                      f"browser: click -> first animation frame shown: {browser_summary(first_frames[1:])}")
+        shown = seen_ms(first_frames[1:])
+        report.bar("first_frame_ms_median", statistics.median(shown) if len(shown) == repeats else None,
+                   FIRST_FRAME_BAR_MS, "ms", "click -> first animation frame in the browser (median)")
         page.get_by_role("tab", name="Forward noising").click()
         page.wait_for_function("() => ['#forward-x-t img', '#schedule-plot img', '#strip img'].every(s => "
                                "{ const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; })",
@@ -162,15 +114,18 @@ def bench_browser(url: str, repeats: int) -> None:
         for i in range(repeats * 2):
             trips.append(page.evaluate(SLIDER_ROUND_TRIP_JS, 43 + 23 * i))
             time.sleep(0.1)
-        print(f"browser: forward-noising t slider -> new x_t shown: {browser_summary(trips)}   bar: ≤ 100 ms\n"
-              f"    (the first move, right after the tab opened: "
-              f"{'no new image within 30 s' if first is None else f'{first:.0f} ms'})")
+        report.figure("slider_ms", trips, f"browser: forward-noising t slider -> new x_t shown: {browser_summary(trips)}"
+                      f"\n    (the first move, right after the tab opened: "
+                      f"{'no new image within 30 s' if first is None else f'{first:.0f} ms'})")
+        shown = seen_ms(trips)
+        report.bar("slider_ms_median", statistics.median(shown) if len(shown) == len(trips) else None,
+                   SLIDER_BAR_MS, "ms", "forward-noising slider round trip in the browser (median)")
         browser.close()
 
 
 # --- gradio_client ----------------------------------------------------------------------------------------
 
-def bench_client_latency(url: str, repeats: int, app_pid: int | None) -> None:
+def bench_client_latency(url: str, repeats: int, app_pid: int | None, report: Report) -> None:
     client = Client(url, verbose=False)
     firsts = []
     for i in range(repeats + 1):
@@ -180,7 +135,8 @@ def bench_client_latency(url: str, repeats: int, app_pid: int | None) -> None:
             time.sleep(0.002)
         firsts.append(time.perf_counter() - start)
         job.result()
-    print(f"gradio_client: /reverse_process submit -> first frame received: {summary(firsts[1:], 'ms', 1000)}")
+    report.figure("client_first_frame_s", firsts[1:], "gradio_client: /reverse_process submit -> first frame "
+                  f"received: {summary(firsts[1:], 'ms', 1000)}")
     x0 = client.predict(index=3, api_name="/shipped_digit")  # uploaded once below, like the page's x₀
     client.predict(image=handle_file(x0), t=1, api_name="/noise_at_t")
     trips, cpu_before = [], cpu_seconds(app_pid)
@@ -190,7 +146,8 @@ def bench_client_latency(url: str, repeats: int, app_pid: int | None) -> None:
         trips.append(time.perf_counter() - start)
     cpu = cpu_seconds(app_pid)
     per_call = f"; the app's CPU time per call: {(cpu - cpu_before) / len(trips) * 1000:.0f} ms" if cpu else ""
-    print(f"gradio_client: /noise_at_t round trip (uploads x₀ each call): {summary(trips, 'ms', 1000)}{per_call}")
+    report.figure("client_noise_at_t_s", trips, "gradio_client: /noise_at_t round trip (uploads x₀ each call): "
+                  f"{summary(trips, 'ms', 1000)}{per_call}")
 
 
 def wait_for_clip(client: Client, timeout: float = 300.0) -> None:
@@ -204,7 +161,7 @@ def wait_for_clip(client: Client, timeout: float = 300.0) -> None:
 
 
 def bench_concurrent_users(url: str, users: int, same_seed: bool, app_pid: int | None, download: bool,
-                           clip_wait: bool = True) -> None:
+                           report: Report, clip_wait: bool = True) -> None:
     """Each user: its own gradio_client, /generate of the ten digits. With download=False the clients
     do not fetch the gallery's image files (the cards already hold the images inline)."""
     clients = [Client(url, verbose=False, **({} if download else {"download_files": False})) for _ in range(users)]
@@ -236,9 +193,13 @@ def bench_concurrent_users(url: str, users: int, same_seed: bool, app_pid: int |
     done = [x for x in latencies if x is not None]
     seeds = ("all the same seed" if same_seed else "a different seed each") + (
         "" if download else ", gallery files not downloaded")
-    print(f"{users} concurrent users, /generate of a 10-digit grid ({seeds}): {len(done)}/{users} succeeded; "
-          f"p50 {percentile(done, 50):.2f} s, p95 {percentile(done, 95):.2f} s, max {max(done):.2f} s, "
-          f"all done after {wall:.2f} s   bar: all succeed, p95 ≤ 10 s")
+    key = f"users_{users}" + ("_same_seed" if same_seed else "") + ("" if download else "_no_download")
+    report.figure(key, {"succeeded": len(done), "latencies_s": done, "wall_s": wall},
+                  f"{users} concurrent users, /generate of a 10-digit grid ({seeds}): {len(done)}/{users} succeeded; "
+                  f"p50 {percentile(done, 50):.2f} s, p95 {percentile(done, 95):.2f} s, max {max(done):.2f} s, "
+                  f"all done after {wall:.2f} s")
+    report.bar(f"{key}_p95", percentile(done, 95) if len(done) == users else None, USERS_P95_BAR_S, "s",
+               f"{users} concurrent /generate grids, all succeed ({seeds}): p95")
     cpu_after = cpu_seconds(app_pid)
     if cpu_before is not None and cpu_after is not None:
         used = cpu_after - cpu_before
@@ -248,7 +209,7 @@ def bench_concurrent_users(url: str, users: int, same_seed: bool, app_pid: int |
         print("   ", e)
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="an app that is already running (default: start python app.py)")
     p.add_argument("--app-pid", type=int, help="with --url: the app's process id, to report its CPU time")
@@ -264,10 +225,9 @@ def main() -> None:
                                                             "while CLIP is still loading in the background")
     args = p.parse_args()
 
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
-          f"(other processes inflate these figures)")
+    report = Report("app")
     if not args.skip_startup:
-        bench_startup(args.startup_runs)
+        bench_startup(args.startup_runs, report)
     process, url = None, args.url
     if url is None:
         port = free_port()
@@ -275,18 +235,19 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/"
     try:
         if not args.skip_browser:
-            bench_browser(url, args.repeats)
+            bench_browser(url, args.repeats, report)
         app_pid = process.pid if process is not None else args.app_pid
-        if args.skip_clients:
-            return
-        bench_client_latency(url, args.repeats, app_pid)
-        for same_seed in (False, True) if args.same_seed else (False,):
-            for download in (True, False) if args.no_download else (True,):
-                bench_concurrent_users(url, args.users, same_seed, app_pid, download, clip_wait=not args.cold_clip)
+        if not args.skip_clients:
+            bench_client_latency(url, args.repeats, app_pid, report)
+            for same_seed in (False, True) if args.same_seed else (False,):
+                for download in (True, False) if args.no_download else (True,):
+                    bench_concurrent_users(url, args.users, same_seed, app_pid, download, report,
+                                           clip_wait=not args.cold_clip)
     finally:
         if process is not None:
             stop(process)
+    return report.finish()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

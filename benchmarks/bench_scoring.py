@@ -2,6 +2,8 @@
 
     python benchmarks/bench_scoring.py [--repeats 5]
 
+Writes benchmarks/results/scoring.json and exits 1 if a bar is missed.
+
 1. Scoring 10 samples with ViT-B-32 (bar: ≤ 1.5 s on a 2-core CPU), on torch's default number of
    threads and on 1 thread. The compute does not depend on the weights, so the model has random
    weights (pretrained=None) and needs no download. Text features are cached per prompt set when
@@ -23,8 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from devtools.bench import Report
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+SCORING_BAR_S, OFFLINE_FAILURE_BAR_S = 1.5, 2.0
 
 FAIL_SNIPPET = """
 import sys, time
@@ -41,7 +45,7 @@ except ClipUnavailable as e:
 """
 
 
-def bench_scoring(repeats: int) -> None:
+def bench_scoring(repeats: int, report: Report) -> None:
     import open_clip
     import torch
 
@@ -68,16 +72,20 @@ def bench_scoring(repeats: int) -> None:
             times.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)
         assert scores.clip_score.shape == (10,)
-        print(f"score 10 samples, {n} torch thread(s): median {statistics.median(times):.3f} s, "
-              f"min {min(times):.3f} s, max {max(times):.3f} s over {repeats} runs "
-              f"(CPU time {statistics.median(cpu_times):.3f} s)   (bar: ≤ 1.5 s)")
+        report.figure(f"score_10_seconds_{n}_threads", statistics.median(times),
+                      f"score 10 samples, {n} torch thread(s): median {statistics.median(times):.3f} s, "
+                      f"min {min(times):.3f} s, max {max(times):.3f} s over {repeats} runs "
+                      f"(CPU time {statistics.median(cpu_times):.3f} s)")
+        if n == threads:
+            report.bar("score_10_seconds", statistics.median(times), SCORING_BAR_S, "s",
+                       f"CLIP scores of 10 samples, {n} thread(s) (median)")
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     scorer.score(images, digits, quality_prompts=("a neat digit", "a smudged digit", "noise"))
     print(f"score 10 samples with 3 new quality prompts (first time, encodes them): {time.perf_counter() - t0:.3f} s")
 
 
-def bench_offline_failure(repeats: int) -> None:
+def bench_offline_failure(repeats: int, report: Report) -> None:
     with tempfile.TemporaryDirectory() as empty_cache:  # so weights cached on this machine don't count
         for label, offline in (("HF_HUB_OFFLINE=1", "1"), ("HF_HUB_OFFLINE unset (HTTP probe of the hub)", None)):
             env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
@@ -90,17 +98,20 @@ def bench_offline_failure(repeats: int) -> None:
             totals = [a + b for a, b in runs]
             print(f"offline failure, {label}, fresh process: load_clip {statistics.median(fails):.3f} s "
                   f"(max {max(fails):.3f}) after importing open_clip {statistics.median(imports):.2f} s; "
-                  f"together median {statistics.median(totals):.2f} s, max {max(totals):.2f} s "
-                  f"over {repeats} runs   (bar: ≤ 2 s)")
+                  f"together median {statistics.median(totals):.2f} s, max {max(totals):.2f} s over {repeats} runs")
+            report.bar(f"offline_failure_seconds_{'offline' if offline else 'probe'}", max(totals),
+                       OFFLINE_FAILURE_BAR_S, "s", f"CLIP gives up offline, {label} (slowest run)")
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
-    bench_scoring(args.repeats)
-    bench_offline_failure(min(args.repeats, 3))
+    report = Report("scoring")
+    bench_scoring(args.repeats, report)
+    bench_offline_failure(min(args.repeats, 3), report)
+    return report.finish()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffusion.model import build_unet
-from diffusion.sampling import SAMPLERS, guided_eps, sample, sample_steps, timestep_sequence
+from diffusion.sampling import SAMPLERS, Sampler, guided_eps, make_sampler, sample, sample_steps, timestep_sequence
 from diffusion.schedules import NoiseSchedule
 
 
@@ -187,3 +187,36 @@ def test_the_loop_can_be_resumed_from_another_thread(tiny_unet_config):
     thread.join()
     assert first.index == 1 and [s.index for s in results] == [2, 3, 4]
     assert all(not s.x.requires_grad for s in results)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_the_loop_written_by_hand_with_the_public_step_is_sample_steps(tiny_random_pipe, name):
+    """The README's few lines: make a sampler, call its step at each of its time steps."""
+    pipe, labels = tiny_random_pipe, torch.tensor([3, 7])
+    expected = sample(pipe.model, pipe.schedule, labels, guidance=2.0, sampler=name, num_inference_steps=8, eta=0.5,
+                      generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    sampler = make_sampler(name, pipe.schedule, num_inference_steps=8, eta=0.5)
+    x = torch.randn(2, 1, 28, 28, generator=generator)
+    with torch.inference_mode():
+        for t in sampler.timesteps:
+            eps = guided_eps(pipe.model, x, torch.full((2,), t), labels, guidance=2.0)
+            x = sampler.step(eps, t, x, generator).x
+    torch.testing.assert_close(x.clamp(-1, 1), expected)
+    assert sampler.timesteps == timestep_sequence(pipe.schedule, 8) and isinstance(sampler, Sampler)
+
+
+def test_ddpm_step_is_the_schedules_posterior(tiny_random_pipe):
+    """With noise switched off (a generator of zeros is not possible, so compare means): DDPM's step with
+    s = 0 returns exactly q_posterior's mean, and its randomness has exactly q_posterior's variance."""
+    schedule = tiny_random_pipe.schedule
+    sampler = make_sampler("ddpm", schedule, num_inference_steps=schedule.num_train_steps, clip_x0=False)
+    x, eps = torch.randn(4000, 1, 2, 2, dtype=torch.float64), torch.randn(4000, 1, 2, 2, dtype=torch.float64)
+    t = 20
+    x0 = schedule.predict_x0(x, t, eps)
+    mean, variance = schedule.q_posterior(x0, x, t)
+    out = sampler.step(eps, t, x, torch.Generator().manual_seed(1))
+    assert out.t == t - 1
+    torch.testing.assert_close(out.x0, x0)
+    residual = (out.x - mean) / variance.sqrt()
+    assert abs(residual.mean().item()) < 0.03 and abs(residual.std().item() - 1) < 0.03
