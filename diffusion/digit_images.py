@@ -1,35 +1,48 @@
 """Digits from anywhere into MNIST's form, and a statistic of a set of digits.
 
-    digit_from_file(path)        any image file -> uint8 [28,28], light ink on black like MNIST
+    digit_from_bytes(data)       any image file's bytes -> uint8 [28,28], light ink on black like MNIST
     pixel_diversity(images, S)   how much samples of the same digit differ
 """
 from __future__ import annotations
+
+import io
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MAX_IMAGE_PIXELS = 5000 * 5000  # decoded size of an image file this module will read
+MAX_ASPECT_RATIO = 10           # longer side / shorter side: a digit is about square; a 100000×1 strip is not
 
 
 class NotADigitImage(ValueError):
     """The file cannot be read as an image, or is too large; the message is meant for the user."""
 
 
-def digit_from_file(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Any image file -> uint8 [28,28], white ink on black like MNIST.
+def digit_from_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image file's bytes -> uint8 [28,28], white ink on black like MNIST.
 
     Transparent parts become background; a light background is inverted; the picture is padded to a
     square and shrunk (area average) to 28×28. A 28k×28k enlargement of a 28×28 digit comes back exactly.
-    Raises NotADigitImage for a file that is not an image, or has more than `max_pixels` pixels.
+    The size and shape are checked from the header, before any pixel is decoded. Raises NotADigitImage
+    for bytes that are not an image, an image of more than `max_pixels` pixels, or a long thin strip.
     """
     try:
-        image = Image.open(path)
-        if image.width * image.height > max_pixels:
-            raise NotADigitImage(f"the image is {image.width}×{image.height} pixels; at most "
-                                 f"{max_pixels / 1e6:.0f} megapixels, please")
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError:
+        raise NotADigitImage(f"the image is far too large; at most {max_pixels / 1e6:.0f} megapixels, please") from None
+    except (UnidentifiedImageError, OSError, EOFError, ValueError):
+        raise NotADigitImage("that file is not an image this app can read (PNG, JPEG, GIF, WebP…)") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise NotADigitImage(f"the image is {width}×{height} pixels; at most {max_pixels / 1e6:.0f} megapixels, please")
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise NotADigitImage(f"the image is {width}×{height} pixels: a digit should be roughly square "
+                             f"(at most {MAX_ASPECT_RATIO}:1)")
+    try:
         image.seek(0)
+        image.draft("RGB", (280, 280))  # JPEG: decode at a reduced size, enough for 28×28
         image = _flatten_alpha(image.convert("RGBA")).convert("L")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, EOFError):
+    except (OSError, EOFError, ValueError, Image.DecompressionBombError):
         raise NotADigitImage("that file is not an image this app can read (PNG, JPEG, GIF, WebP…)") from None
     pixels = np.asarray(image)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])

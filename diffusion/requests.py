@@ -11,6 +11,7 @@ its worst digit stays at 98.5 % where w = 0.5 drops to 97.5 %.
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -58,9 +59,14 @@ def max_inference_steps(sampler: str, num_train_steps: int) -> int:
     return num_train_steps if sampler == "ddpm" else min(MAX_FEW_STEPS, num_train_steps)
 
 
+MAX_EXACT_INT = 2**53  # beyond this an int is no sensible request value (and float() of a huge int overflows)
+
+
 def is_number(value) -> bool:
-    """A finite int or float (not a bool, not NaN or ±∞)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (not a bool, not NaN or ±∞, not an int too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= MAX_EXACT_INT if isinstance(value, int) else math.isfinite(value)
 
 
 def whole_number(name: str, value, low: int, high: int) -> int:
@@ -77,10 +83,17 @@ def real_number(name: str, value, low: float, high: float) -> float:
     return float(value)
 
 
-def short_repr(value, limit: int = 60) -> str:
-    """repr(value), cut short: an error message never echoes a whole (possibly huge) input."""
-    text = repr(value) if not (isinstance(value, int) and abs(value) > 10**30) else f"a {len(str(value))}-digit integer"
-    return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 2, 60, 60, 40
+_SHORT.maxlist = _SHORT.maxtuple = 6
+_SHORT.maxdict = 4
+
+
+def short_repr(value) -> str:
+    """repr(value), cut short at every level: an error message never echoes a whole (possibly huge) input."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_EXACT_INT:
+        return f"an integer of {value.bit_length()} bits"  # str() of a huge int is slow, and Python limits it
+    return _SHORT.repr(value)
 
 
 def check_sampling_request(digits: Sequence[int], *, samples_per_digit=1, guidance=DEFAULT_GUIDANCE,

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import torch
 
 SCHEDULE_NAMES = ("linear", "cosine", "quadratic", "sigmoid")
+DEFAULT_BETA_RANGE = (1e-4, 0.02)  # the course's (Ho et al.'s) β_1 and β_T
 
 
-def make_betas(name: str, num_train_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+def make_betas(name: str, num_train_steps: int, beta_start: float = DEFAULT_BETA_RANGE[0],
+               beta_end: float = DEFAULT_BETA_RANGE[1]) -> torch.Tensor:
     """β_1..β_T as float64 [T] for a named schedule.
 
     linear:    β rises linearly from beta_start to beta_end (Ho et al. 2020; the course uses 1e-4..0.02).
@@ -68,8 +70,8 @@ class NoiseSchedule:
     alpha_bar: torch.Tensor
 
     @classmethod
-    def create(cls, name: str = "linear", num_train_steps: int = 1000,
-               beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+    def create(cls, name: str = "linear", num_train_steps: int = 1000, beta_start: float = DEFAULT_BETA_RANGE[0],
+               beta_end: float = DEFAULT_BETA_RANGE[1]) -> "NoiseSchedule":
         betas = torch.cat([torch.zeros(1, dtype=torch.float64),
                            make_betas(name, num_train_steps, beta_start, beta_end)])
         alphas = 1.0 - betas

@@ -59,3 +59,45 @@ def tiny_clip_weights(tmp_path_factory) -> str:
     from tiny_clip import save_tiny_clip_weights
 
     return save_tiny_clip_weights(tmp_path_factory.mktemp("tiny_clip"))
+
+
+# --- the app, launched in this process on a free port of 127.0.0.1 ------------------------------------------
+
+MISSING_CLIP = "/nonexistent/open_clip_model.safetensors"
+
+
+def launch_classroom(classroom):
+    """Build and launch the app on a free port of 127.0.0.1; returns (demo, url)."""
+    import ui
+    from devtools.servers import free_port
+
+    demo = ui.build_app(classroom)
+    port = free_port()
+    ui.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    return demo, f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def classroom():
+    """The shipped checkpoints; CLIP pointed at a missing file, so it is unavailable at once."""
+    import ui
+    from diffusion.classifier import DEFAULT_CLASSIFIER
+    from diffusion.pipeline import DEFAULT_UNET
+
+    classroom = ui.load_classroom(str(DEFAULT_UNET), str(DEFAULT_CLASSIFIER), None, MISSING_CLIP)
+    yield classroom
+    classroom.close()
+
+
+@pytest.fixture(scope="module")
+def url(classroom):
+    demo, url = launch_classroom(classroom)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)

@@ -19,42 +19,11 @@ from diffusion.model import count_parameters
 from ui import settings
 from ui.how_it_works import how_it_works_markdown
 from ui.rendering import PLOT_DPI, SCHEDULE_FIGURE_INCHES, enlarge, gif_frame
-from devtools.servers import free_port
+from conftest import MISSING_CLIP, launch_classroom
 from diffusion.classifier import DEFAULT_CLASSIFIER
 from diffusion.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_UNET
 from diffusion.scoring import classifier_scores
 from tiny_clip import TINY_CLIP
-
-MISSING_CLIP = "/nonexistent/open_clip_model.safetensors"
-
-
-# --- launching -----------------------------------------------------------------------------------------
-
-def launch_classroom(classroom: ui.Classroom):
-    """Build and launch the app on a free port of 127.0.0.1; returns (demo, url)."""
-    demo = ui.build_app(classroom)
-    port = free_port()
-    ui.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
-    return demo, f"http://127.0.0.1:{port}/"
-
-
-@pytest.fixture(scope="module")
-def classroom() -> ui.Classroom:
-    """The shipped checkpoints; CLIP pointed at a missing file, so it is unavailable at once."""
-    return ui.load_classroom(str(DEFAULT_UNET), str(DEFAULT_CLASSIFIER), None, MISSING_CLIP)
-
-
-@pytest.fixture(scope="module")
-def url(classroom):
-    demo, url = launch_classroom(classroom)
-    yield url
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(url) -> Client:
-    return Client(url, verbose=False)
-
 
 @pytest.fixture(scope="module")
 def clip_classroom(classroom, tiny_clip_weights) -> ui.Classroom:
@@ -67,6 +36,7 @@ def clip_client(clip_classroom) -> Client:
     demo, url = launch_classroom(clip_classroom)
     yield Client(url, verbose=False)
     demo.close()
+    clip_classroom.close()
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -402,8 +372,11 @@ def test_non_finite_numbers_sent_as_raw_json_are_refused(url, value):
 
 
 def test_wrong_number_of_values_is_refused(url):
-    event, data = raw_call(url, "generate", '{"data": ["all"]}')
-    assert event == "error"
+    response = httpx.post(f"{url}gradio_api/call/generate", content='{"data": ["all"]}',
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["detail"] == ("/generate takes 7 value(s) (digit, samples_per_digit, guidance, sampler, "
+                                         "steps, seed, quality_prompts_text), got 1")
 
 
 def test_uploads_that_are_not_images_or_are_huge_are_refused(client, url, tmp_path):

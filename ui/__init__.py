@@ -15,13 +15,15 @@ Every action is an API endpoint whose parameters all have defaults (see the READ
 from __future__ import annotations
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from . import how_it_works
 from .classroom import Classroom, load_classroom
 from .forward import ForwardTab
 from .generate import GenerateTab
+from .guard import RequestGuard
 from .reverse import ReverseTab
-from .settings import CSS, MAX_FILE_SIZE, QUEUE_SIZE, SAMPLING_CONCURRENCY, SESSION_CAPACITY
+from .settings import UI_ONLY, CSS, MAX_FILE_BYTES, QUEUE_SIZE, SAMPLING_CONCURRENCY, SESSION_CAPACITY
 
 __all__ = ["Classroom", "build_app", "launch", "load_classroom"]
 
@@ -43,18 +45,22 @@ def build_app(classroom: Classroom) -> gr.Blocks:
         with gr.Tab("How it works", id="how"):
             how_it_works.layout(classroom)
         timer = gr.Timer(2.0, active=True)
-        timer.tick(generate.poll_clip_status, None, [clip_status, timer], api_visibility="private", queue=False)
-        demo.load(generate.clip_status, None, clip_status, api_name="clip_status", queue=False)
+        timer.tick(generate.poll_clip_status, None, [clip_status, timer], **UI_ONLY)
+        demo.load(generate.clip_status, None, clip_status, api_name="clip_status", concurrency_id="ui",
+                  concurrency_limit=8)
         demo.load(api_visibility="private", **forward_event)
     return demo
 
 
 def launch(demo: gr.Blocks, host: str, port: int, **kwargs):
     """Queue with limits (sized for 2 vCPUs) and serve. Returns what gr.Blocks.launch returns."""
-    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2)
+    # api_open=False: a queued event cannot be called directly (POST /run/<name>), skipping the queue's limits;
+    # RequestGuard closes the other doors and bounds every request body before gradio stores anything.
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2, api_open=False)
     # run_history=False: gradio's run history re-reads and re-writes up to 100 past runs in the browser's
     # localStorage on every event, so each slider move got slower as a lesson went on (measured: 45 ms
     # round trips became 100 ms after ten reverse-process runs). The app has its own frame slider.
-    return demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, max_file_size=MAX_FILE_SIZE,
+    return demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, max_file_size=MAX_FILE_BYTES,
                        max_threads=SAMPLING_CONCURRENCY + 24, state_session_capacity=SESSION_CAPACITY,
-                       ssr_mode=False, show_error=True, run_history=False, **kwargs)
+                       ssr_mode=False, show_error=True, run_history=False,
+                       app_kwargs={"middleware": [Middleware(RequestGuard, blocks=demo)]}, **kwargs)

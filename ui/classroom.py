@@ -2,11 +2,16 @@
 for the files the app writes (removed when the app stops, SIGTERM included)."""
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import shutil
 import tempfile
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+import gradio as gr
 
 import numpy as np
 
@@ -18,8 +23,8 @@ from diffusion.pipeline import DigitDiffusion, load_pipeline
 from diffusion.requests import SamplingRequest, check_sampling_request, max_inference_steps
 from diffusion.scoring import ClassifierScores, ClipScores, ClipUnavailable, LazyClip, classifier_scores
 
-from .settings import MAX_SAMPLES, MAX_WORK
-from .validation import digit_set, user_errors
+from .settings import MAX_IN_FLIGHT_PER_CLIENT, MAX_SAMPLES, MAX_WORK
+from .validation import digit_set, invalid, user_errors
 
 CLIP_BUSY = ("CLIP skipped this time: {why}, and on a 2-core machine CLIP would hold them up. It scores "
              "samples again as soon as the app is not busy.")
@@ -34,6 +39,57 @@ class Scores:
     clip_note: str = ""
 
 
+def client_key(request: gr.Request | None) -> str:
+    """Who a request comes from, for fairness between clients.
+
+    Behind a proxy (a Space: the peer is a private address that sets X-Forwarded-For) it is the address the
+    proxy saw, the last entry of X-Forwarded-For (a client can write the earlier ones itself); from this
+    machine without a proxy (python app.py) every browser session counts as its own client; else the peer."""
+    if request is None or request.client is None:
+        return "local"
+    peer = request.client.host
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    forwarded = [a.strip() for a in request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
+    if forwarded and (address.is_private or address.is_loopback):
+        return forwarded[-1]
+    if address.is_loopback:
+        return f"session {request.session_hash}"
+    return peer
+
+
+class ClientSlots:
+    """At most `limit` requests of one client running at once; one more gets a clear error at once
+    (it is not queued), so no single client can fill the queue and take the class's CPU."""
+
+    def __init__(self, limit: int, what: str):
+        self.limit, self.what = limit, what
+        self._running: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(self, request: gr.Request | None):
+        key = client_key(request)
+        with self._lock:
+            if self._running[key] >= self.limit:
+                raise invalid(f"you already have {self._running[key]} {self.what} running; wait for one to "
+                              f"finish, then try again")
+            self._running[key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running[key] -= 1
+                if not self._running[key]:
+                    del self._running[key]
+
+    def running(self) -> int:
+        with self._lock:
+            return sum(self._running.values())
+
+
 class Classroom:
     """The loaded models and the services the tabs share."""
 
@@ -44,6 +100,8 @@ class Classroom:
         self.work_folder = Path(tempfile.mkdtemp(prefix="mnist-diffusion-app-"))  # GIFs and plots
         self.shipped_images, self.shipped_labels = load_shipped_digits()
         self.shipped_test_index = shipped_test_index()
+        self.sampling_slots = ClientSlots(MAX_IN_FLIGHT_PER_CLIENT, "sampling requests")
+        self.image_slots = ClientSlots(MAX_IN_FLIGHT_PER_CLIENT, "image requests")
 
     def close(self) -> None:
         """Remove the work folder (the app calls this when it stops)."""

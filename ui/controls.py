@@ -9,7 +9,7 @@ from diffusion.requests import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS,
 from diffusion.sampling import SAMPLERS
 
 from .classroom import Classroom
-from .settings import MAX_FEW_STEPS, MAX_GUIDANCE, MAX_SEED
+from .settings import MAX_FEW_STEPS, MAX_GUIDANCE, MAX_SEED, UI_ONLY
 
 RANDOM_SEED_JS = f"() => Math.floor(Math.random() * {MAX_SEED})"
 
@@ -46,5 +46,5 @@ def sampling_controls(classroom: Classroom, digit_choices: list, default_digit: 
         high = classroom.max_steps(chosen if chosen in SAMPLERS else DEFAULT_SAMPLER)
         return gr.Slider(maximum=high, value=min(current, high) if is_number(current) else DEFAULT_STEPS)
 
-    sampler.change(fit_steps_slider, [sampler, steps], steps, api_visibility="private", queue=False)
+    sampler.change(fit_steps_slider, [sampler, steps], steps, **UI_ONLY)
     return SamplingControls(digit, guidance, sampler, steps, seed, dice)

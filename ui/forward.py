@@ -10,15 +10,15 @@ import numpy as np
 import torch
 
 from diffusion.data import to_model_range, to_uint8
-from diffusion.digit_images import NotADigitImage, digit_from_file
 from diffusion.requests import is_number
-from diffusion.schedules import SCHEDULE_NAMES, NoiseSchedule
+from diffusion.schedules import DEFAULT_BETA_RANGE, SCHEDULE_NAMES, NoiseSchedule
 
 from .classroom import Classroom
 from .rendering import enlarge, schedule_plot
 from .settings import (FRAME_SCALE, INSTANT, LATEX, LIGHT_CONCURRENCY, MAX_FORWARD_T, MAX_SEED, SAMPLE_SCALE,
-                       STRIP_FRAMES)
-from .validation import checked_real_number, checked_whole_number, invalid, one_of, uploaded_path
+                       STRIP_FRAMES, UI_ONLY)
+from .uploads import read_digit
+from .validation import checked_real_number, checked_whole_number, invalid, one_of
 
 
 @functools.lru_cache(maxsize=64)
@@ -27,14 +27,6 @@ def noise_schedule(name: str, num_train_steps: int, beta_start: float, beta_end:
     try:
         return NoiseSchedule.create(name, num_train_steps, beta_start, beta_end)
     except ValueError as e:
-        raise invalid(str(e)) from None
-
-
-def read_digit(payload, what: str) -> np.ndarray:
-    """An uploaded image as a digit, uint8 [28,28] (see `digit_from_file`)."""
-    try:
-        return digit_from_file(uploaded_path(payload, what))
-    except NotADigitImage as e:
         raise invalid(str(e)) from None
 
 
@@ -54,22 +46,28 @@ class ForwardTab:
         return 255 - enlarge(self.classroom.shipped_images[20], 5)
 
     def shipped_digit(self, index):
-        """x₀ = one of the real MNIST test digits shipped with the repo (index 0 … 29), enlarged."""
+        """x₀ = one of the real MNIST test digits shipped with the repo (index 0 … 29, a number or its digits
+        as text), enlarged."""
         images = self.classroom.shipped_images
+        if isinstance(index, str) and index.isascii() and index.isdigit() and len(index) <= 3:
+            index = int(index)
         return enlarge(images[checked_whole_number("shipped digit index", index, 0, len(images) - 1)], FRAME_SCALE)
 
-    def load_image(self, image):
+    def load_image(self, image, request: gr.Request = None):
         """x₀ from an uploaded image: any size, light or dark background, shrunk to 28×28, enlarged."""
-        return enlarge(read_digit(image, "image"), FRAME_SCALE)
+        with self.classroom.image_slots.slot(request):
+            return enlarge(read_digit(image, "image"), FRAME_SCALE)
 
-    def load_drawing(self, drawing):
+    def load_drawing(self, drawing, request: gr.Request = None):
         """x₀ from the sketchpad (its composite picture), shrunk to 28×28, enlarged."""
         composite = drawing.get("composite") if isinstance(drawing, dict) else None
-        return enlarge(read_digit(composite, "drawing"), FRAME_SCALE)
+        with self.classroom.image_slots.slot(request):
+            return enlarge(read_digit(composite, "drawing"), FRAME_SCALE)
 
-    def forward_noising(self, image, schedule, beta_start, beta_end, num_steps, t, seed):
+    def forward_noising(self, image, schedule, beta_start, beta_end, num_steps, t, seed, request: gr.Request = None):
         """x_t at the chosen t (with ᾱ_t), a strip of x_t at evenly spaced t, and the schedules plot."""
-        x0, sched, t, noise = self.forward_inputs(image, schedule, beta_start, beta_end, num_steps, t, seed)
+        with self.classroom.image_slots.slot(request):
+            x0, sched, t, noise = self.forward_inputs(image, schedule, beta_start, beta_end, num_steps, t, seed)
         strip_t = np.linspace(0, sched.num_train_steps, STRIP_FRAMES).round().astype(int)
         strip = to_uint8(sched.q_sample(x0.expand(len(strip_t), -1, -1, -1), torch.from_numpy(strip_t),
                                         noise.expand(len(strip_t), -1, -1, -1)))
@@ -79,9 +77,10 @@ class ForwardTab:
         return (x_t, formula, [(enlarge(img, SAMPLE_SCALE), f"t = {s}") for img, s in zip(strip, strip_t)],
                 schedule_plot(self.classroom.work_folder, every_schedule, sched.name))
 
-    def noise_at_t(self, image, schedule, beta_start, beta_end, num_steps, t, seed):
+    def noise_at_t(self, image, schedule, beta_start, beta_end, num_steps, t, seed, request: gr.Request = None):
         """Only x_t at the chosen t, with ᾱ_t: what the t slider asks for (fast)."""
-        return self.noisy(*self.forward_inputs(image, schedule, beta_start, beta_end, num_steps, t, seed))
+        with self.classroom.image_slots.slot(request):
+            return self.noisy(*self.forward_inputs(image, schedule, beta_start, beta_end, num_steps, t, seed))
 
     @staticmethod
     def forward_inputs(image, schedule, beta_start, beta_end, num_steps, t, seed):
@@ -90,6 +89,8 @@ class ForwardTab:
         name = one_of("schedule", schedule, SCHEDULE_NAMES)
         beta_start = checked_real_number("β start", beta_start, 0, 1)
         beta_end = checked_real_number("β end", beta_end, 0, 1)
+        if name == "cosine":  # it ignores the β range: any range is fine, and the comparison plot uses the default
+            beta_start, beta_end = DEFAULT_BETA_RANGE
         sched = noise_schedule(name, checked_whole_number("T", num_steps, 1, MAX_FORWARD_T), beta_start, beta_end)
         t = checked_whole_number(f"t (with T = {sched.num_train_steps})", t, 0, sched.num_train_steps)
         generator = torch.Generator().manual_seed(checked_whole_number("seed", seed, 0, MAX_SEED))
@@ -159,7 +160,7 @@ class ForwardTab:
         x0.change(api_name="forward_noising", **forward)
         for control in (schedule, beta_start, beta_end, seed):
             control.change(api_visibility="private", **forward)
-        num_steps.release(self.fit_t_slider, [num_steps, t], t, api_visibility="private", queue=False).then(
+        num_steps.release(self.fit_t_slider, [num_steps, t], t, **UI_ONLY).then(
             api_visibility="private", **forward)
         t.input(self.noise_at_t, settings, [x_t, formula], api_name="noise_at_t", trigger_mode="always_last",
                 show_progress="hidden", **INSTANT)

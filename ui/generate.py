@@ -13,7 +13,7 @@ from .classroom import Classroom
 from .controls import RANDOM_SEED_JS, sampling_controls
 from .rendering import agreement_panel, enlarge, sample_cards, scores_table, sweep_figure
 from .settings import (ALL_DIGITS, DEFAULT_SWEEP, GRID_SCALE, MAX_PROMPTS, MAX_SAMPLES, MAX_SWEEP_VALUES, MAX_WORK,
-                       RECOGNISABLE, SAMPLING_CONCURRENCY)
+                       RECOGNISABLE, SAMPLING_CONCURRENCY, UI_ONLY)
 from .validation import guidance_values, quality_prompts
 
 
@@ -32,14 +32,16 @@ class GenerateTab:
     def __init__(self, classroom: Classroom):
         self.classroom = classroom
 
-    def generate(self, digit, samples_per_digit, guidance, sampler, steps, seed, quality_prompts_text):
+    def generate(self, digit, samples_per_digit, guidance, sampler, steps, seed, quality_prompts_text,
+                 request: gr.Request = None):
         """The samples with their scores beside them (HTML), all samples in one image (sample i at row i // 10,
         column i % 10 of a grid of 28×28 cells with 2-pixel gaps, enlarged ×2), the scores table, and the
         agreement panel (text, and the samples where CLIP and the classifier disagree)."""
-        request = self.classroom.sampling_request(digit, samples_per_digit, guidance, sampler, steps, seed)
+        checked = self.classroom.sampling_request(digit, samples_per_digit, guidance, sampler, steps, seed)
         prompts = quality_prompts(quality_prompts_text)
-        [images] = self.classroom.sampler.run([self.classroom.engine_request(request)])
-        digits = list(request.digits)
+        with self.classroom.sampling_slots.slot(request):
+            [images] = self.classroom.sampler.run([self.classroom.engine_request(checked)])
+        digits = list(checked.digits)
         scores = self.classroom.score(images, digits, prompts)
         cards = sample_cards(images, digits, scores.classifier, scores.clip, range(len(images)))
         agreement_text, disagreements = agreement_panel(images, digits, scores.classifier, scores.clip,
@@ -47,16 +49,19 @@ class GenerateTab:
         grid = enlarge(grid_image(images, nrow=10), GRID_SCALE)
         return cards, grid, scores_table(digits, scores.classifier, scores.clip), agreement_text, disagreements
 
-    def guidance_sweep(self, digit, samples_per_digit, guidance_values_text, sampler, steps, seed):
+    def guidance_sweep(self, digit, samples_per_digit, guidance_values_text, sampler, steps, seed,
+                       request: gr.Request = None):
         """The same seed at several w, side by side (a figure), and a table of fidelity and diversity."""
         ws = guidance_values(guidance_values_text)
-        request = self.classroom.sampling_request(digit, samples_per_digit, max(ws), sampler, steps, seed,
+        checked = self.classroom.sampling_request(digit, samples_per_digit, max(ws), sampler, steps, seed,
                                                   sweep_size=len(ws))
-        results = self.classroom.sampler.run([self.classroom.engine_request(request.with_guidance(w)) for w in ws])
+        with self.classroom.sampling_slots.slot(request):
+            results = self.classroom.sampler.run([self.classroom.engine_request(checked.with_guidance(w))
+                                                  for w in ws])
         rows, grids, captions = [], [], []
         for w, images in zip(ws, results):
-            confidence = self.classroom.confidence(images, list(request.digits))
-            spread = pixel_diversity(images, request.samples_per_digit)
+            confidence = self.classroom.confidence(images, list(checked.digits))
+            spread = pixel_diversity(images, checked.samples_per_digit)
             grids.append(grid_image(images, nrow=min(len(images), 20)))
             captions.append(f"classifier {confidence.mean():.0%}")
             rows.append(f"| {w:g} | {confidence.mean():.1%} | {(confidence >= RECOGNISABLE).mean():.0%} | "
@@ -115,7 +120,7 @@ class GenerateTab:
                 sweep_plot = gr.Plot(label="Guidance sweep", show_label=False, format="png", elem_id="sweep-plot")
                 sweep_table = gr.Markdown(elem_id="sweep-table")
 
-        c.digit.change(self.fit_samples_slider, [c.digit, samples], samples, api_visibility="private", queue=False)
+        c.digit.change(self.fit_samples_slider, [c.digit, samples], samples, **UI_ONLY)
         inputs = [c.digit, samples, c.guidance, c.sampler, c.steps, c.seed, prompts]
         outputs = [cards, grid, table, agreement_text, disagreements]
         sampling = {"concurrency_id": "sampling", "concurrency_limit": SAMPLING_CONCURRENCY, "preprocess": False}

@@ -101,11 +101,15 @@ class ReverseTab:
     def __init__(self, classroom: Classroom):
         self.classroom = classroom
 
-    def reverse_process(self, digit, guidance, sampler, steps, seed):
+    def reverse_process(self, digit, guidance, sampler, steps, seed, request: gr.Request = None):
         """Stream the denoising of one digit: x_T, then after each step x_t, x̂0 and the step counter, one frame
         at a time as they come (at most MAX_STREAMED_FRAMES; all are kept for the slider); the last message
         adds the confidence plot, the GIF and the frame slider."""
-        request = self.classroom.sampling_request(digit, 1, guidance, sampler, steps, seed, allow_all=False)
+        checked = self.classroom.sampling_request(digit, 1, guidance, sampler, steps, seed, allow_all=False)
+        with self.classroom.sampling_slots.slot(request):
+            yield from self.stream(checked)
+
+    def stream(self, request):
         engine_request = self.classroom.engine_request(request)
         run = ReverseRun(request.digits[0], self.classroom.pipe.num_train_steps, request.num_inference_steps)
         self.add_frame(run, None, to_uint8(engine_request.x_T)[0], np.zeros((28, 28), np.uint8))

@@ -9,14 +9,19 @@ from diffusion.requests import MAX_FEW_STEPS, MAX_GUIDANCE, MAX_SAMPLES, MAX_SEE
 MAX_SWEEP_VALUES = 8
 MAX_PROMPTS, MAX_PROMPT_CHARS = 8, 200
 MAX_FORWARD_T = 1000
-MAX_FILE_SIZE = "10mb"          # uploads, as sent (gradio refuses bigger files)
+MAX_FILE_BYTES = 10 * 2**20     # uploads, as sent (gradio refuses bigger files with HTTP 413)
+MAX_PATH_CHARS = 4096           # a file argument's path
+MAX_BODY_BYTES = 64 * 2**10     # any other request body (the largest real one, the CLIP prompts, is ~2 KB)
+MAX_IN_FLIGHT_PER_CLIENT = 2    # sampling requests one client (an address, or a session on this machine) may have running
 QUEUE_SIZE = 256                # requests waiting at once; more get "queue full"
 SAMPLING_CONCURRENCY = 40       # /generate and /guidance_sweep mostly wait on the shared BatchingSampler
 ANIMATION_CONCURRENCY = 2       # /reverse_process runs the network itself, one step per frame
 LIGHT_CONCURRENCY = 4           # forward noising, loading x₀: milliseconds each
-SESSION_CAPACITY = 1000         # browser sessions whose state (the last reverse-process run) is kept
-INSTANT = {"preprocess": False, "queue": False}  # sliders (/noise_at_t, /show_frame): under 1 ms of work each,
-                                                 # so they skip the queue: one HTTP round trip instead of three
+SESSION_CAPACITY = 200          # browser sessions whose state (the last reverse-process run, ≤ 1 MB) is kept
+# Every event goes through the queue (nothing can skip its limits). Sliders (/noise_at_t, /show_frame) take
+# milliseconds; UI-only events (fitting a slider to the sampler, CLIP's status) take microseconds.
+INSTANT = {"preprocess": False, "concurrency_id": "instant", "concurrency_limit": 2}
+UI_ONLY = {"api_visibility": "private", "concurrency_id": "ui", "concurrency_limit": 8}
 
 # --- Display -------------------------------------------------------------------------------------------
 SAMPLE_SCALE = 4   # 28 px -> 112 px in galleries

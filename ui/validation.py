@@ -76,10 +76,3 @@ def quality_prompts(text) -> tuple[str, ...]:
     if len(prompts) > MAX_PROMPTS or any(len(p) > MAX_PROMPT_CHARS for p in prompts):
         raise invalid(f"give at most {MAX_PROMPTS} quality prompts of at most {MAX_PROMPT_CHARS} characters each")
     return prompts
-
-
-def uploaded_path(payload, what: str) -> str:
-    """The server-side path of an uploaded file (gradio has already checked it is one of its uploads)."""
-    if isinstance(payload, dict) and isinstance(payload.get("path"), str):
-        return payload["path"]
-    raise invalid(f"{what} must be an image file, got {short_repr(payload)}")
