@@ -18,6 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent
 DEFAULT_UNET = REPO / "checkpoints" / "unet"
 DEFAULT_CLASSIFIER = REPO / "checkpoints" / "classifier"
+SWITCH_INTERVAL_S = 0.0005
 
 
 def set_environment() -> None:
@@ -72,6 +73,9 @@ def main(argv=None) -> None:
     set_environment()
     import ui  # gradio is imported here, after the environment is set
 
+    # Many handler threads share one Python: hand the interpreter over sooner (default 5 ms), so the network
+    # server's thread, which takes it back after every torch op, is not kept waiting by the others.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     classroom = ui.load_classroom(args.unet, args.classifier, args.clip_model, args.clip_pretrained,
                                   device=args.device, bf16=args.bf16)
     stop_on_sigterm()

@@ -1,7 +1,7 @@
 """Measure the app's bars and print the figures.
 
-    nice -n 10 python benchmarks/bench_app.py            # starts `python app.py` itself
-    python benchmarks/bench_app.py --url http://127.0.0.1:7860/ --skip-startup   # an app already running
+    nice -n 10 python -m benchmarks.bench_app            # starts `python app.py` itself
+    python -m benchmarks.bench_app --url http://127.0.0.1:7860/ --skip-startup   # an app already running
 
 Bars (on a 2-core machine):
     start-up         `python app.py` serves HTTP within 8 s (warm disk: one unmeasured start first)

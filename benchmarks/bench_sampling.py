@@ -1,4 +1,4 @@
-"""Speed of the shipped model on this CPU:  python benchmarks/bench_sampling.py
+"""Speed of the shipped model on this CPU:  python -m benchmarks.bench_sampling
 
 Prints, and writes to benchmarks/results/sampling.json (imports and loading excluded):
   * one 10-digit grid (one sample per digit) at the app's defaults: median and best of --repeats

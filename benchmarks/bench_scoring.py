@@ -1,6 +1,6 @@
 """Benchmark for diffusion/scoring.py: CLIP scoring time and how fast loading fails offline.
 
-    python benchmarks/bench_scoring.py [--repeats 5]
+    python -m benchmarks.bench_scoring [--repeats 5]
 
 Writes benchmarks/results/scoring.json and exits 1 if a bar is missed.
 

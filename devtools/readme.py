@@ -16,8 +16,7 @@ from .bench import RESULTS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- figures:start (python -m devtools.readme) -->", "<!-- figures:end -->"
-COMMANDS = {"app": "python benchmarks/bench_app.py", "sampling": "python benchmarks/bench_sampling.py",
-            "scoring": "python benchmarks/bench_scoring.py"}
+COMMANDS = {name: f"python -m benchmarks.bench_{name}" for name in ("app", "class", "sampling", "scoring")}
 
 
 def figures_block(results: Path = RESULTS) -> str:

@@ -107,13 +107,14 @@ class SamplerStep:
     index: 1..total; t: time step of the new `x` (0 after the last step);
     x: [B,1,28,28] the new x_t (after the last step: the final sample, in [-1,1]);
     x0: [B,1,28,28] the network's current prediction of the clean image x̂_0, in [-1,1].
+    (The network server also reports step 0: x = x_T, x0 = None, before any network evaluation.)
     """
 
     index: int
     total: int
     t: int
     x: torch.Tensor
-    x0: torch.Tensor
+    x0: torch.Tensor | None
 
 
 # Where the randomness comes from: one generator for the whole batch, or, when several requests
@@ -230,11 +231,12 @@ class DPMSolverPP2M(Sampler):
         super().__init__(*args, **kwargs)
         self.prev_x0: torch.Tensor | None = None
         self.prev_h: float | None = None
+        self.log_snr = self.schedule.log_snr  # computed once, not at every step
 
     def second_order(self, x0, t, s) -> tuple[float, float, float, torch.Tensor]:
         """(ᾱ_t, ᾱ_s, h, D) for the step t -> s; remembers x̂_0 and h for the next step."""
         ab_t, ab_s = self.schedule.alpha_bar[t].item(), self.schedule.alpha_bar[s].item()
-        h = 0.5 * (self.schedule.log_snr[s] - self.schedule.log_snr[t]).item()  # λ is half the log-SNR
+        h = 0.5 * (self.log_snr[s] - self.log_snr[t]).item()  # λ is half the log-SNR
         d = x0 if self.prev_x0 is None else x0 + (x0 - self.prev_x0) * (h / self.prev_h) / 2
         self.prev_x0, self.prev_h = x0, h
         return ab_t, ab_s, h, d

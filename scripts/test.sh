@@ -4,7 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q -r requirements.txt -r requirements-test.txt
-python3 -m pip install -q --no-deps --no-build-isolation -e .   # the console scripts; benchmarks import the package
 if ! command -v chromium >/dev/null 2>&1; then
   # Debian's chromium, for the real-browser tests (playwright's own browser download needs the internet)
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -160,10 +160,10 @@ def test_concurrent_generate_requests_all_succeed_with_their_own_results(url, cl
 
 
 def test_guidance_sweep_runs_each_w_with_the_same_seed_in_one_shared_batch(client, classroom):
-    before = len(classroom.sampler.batch_sizes)
+    before = len(classroom.server.tick_sizes)
     plot, table = client.predict(digit="2", samples_per_digit=3, guidance_values_text="0, 1, 4",
                                  steps=6, seed=9, api_name="/guidance_sweep")
-    assert list(classroom.sampler.batch_sizes)[before:] == [3]  # three w values, one batch
+    assert list(classroom.server.tick_sizes)[before:] == [9] * 6  # three w values, 3 samples each: 6 shared ticks
     assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png;base64,")
     rows = re.findall(r"^\| ([\d.]+) \| ([\d.]+)% \| (\d+)% \| ([\d.]+) \|$", table, flags=re.M)
     assert [float(w) for w, *_ in rows] == [0.0, 1.0, 4.0]
@@ -182,17 +182,19 @@ def test_clip_status_says_why_clip_is_unavailable(client):
 
 # --- Reverse process -------------------------------------------------------------------------------------
 
-def test_reverse_process_streams_every_frame_then_plot_gif_and_slider(client, classroom):
+def test_reverse_process_streams_frames_then_plot_gif_and_slider(client, classroom):
     steps = 6
     job = client.submit(digit="5", steps=steps, seed=3, api_name="/reverse_process")
     final = job.result()
     outputs = job.outputs()
-    # x_T first, then one frame per step (the last one with the plot and the GIF).
-    assert len(outputs) == steps + 1
+    # x_T first, then the newest step at most every FRAME_INTERVAL_S (the last one with the plot and the GIF);
+    # every frame is in the GIF and behind the slider
+    assert 2 <= len(outputs) <= steps + 1
     assert outputs[0][2].startswith(f"### x_T, pure noise · step 0 of {steps}")
     counters = [re.search(r"t = (\d+) / (\d+) · step (\d+) of (\d+)", out[2]).groups() for out in outputs[1:]]
     T = str(classroom.pipe.num_train_steps)
-    assert [c[2] for c in counters] == [str(i) for i in range(1, steps + 1)]
+    sent = [int(c[2]) for c in counters]
+    assert sent == sorted(set(sent)) and sent[-1] == steps
     assert all(c[1] == T and c[3] == str(steps) for c in counters) and counters[-1][0] == "0"
     assert [int(c[0]) for c in counters] == sorted((int(c[0]) for c in counters), reverse=True)  # t counts down
     assert all(out[3] is None or "update" in str(out[3]) for out in outputs[:-1])  # no plot re-sent per frame
@@ -201,7 +203,15 @@ def test_reverse_process_streams_every_frame_then_plot_gif_and_slider(client, cl
     expected = classroom.pipe.generate([5], guidance=DEFAULT_GUIDANCE, sampler=DEFAULT_SAMPLER, num_inference_steps=steps, seed=3)
     assert_same_images(last[None], expected)
     assert "first recognises the 5" in counter
-    assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png;base64,")
+    # the confidence plot's data: x_t at every frame, x̂₀ from step 1, the 50% line; the last x_t point is
+    # the classifier's confidence in the final image
+    rows = [dict(zip(plot["columns"], row)) for row in plot["data"]]
+    curves = {r["curve"] for r in rows}
+    assert len(curves) == 3 and any("recognisable" in c for c in curves)
+    x_t_curve = [r for r in rows if r["curve"].startswith("x_t")]
+    assert [r["step"] for r in x_t_curve] == list(range(steps + 1))
+    final = classifier_scores(classroom.classifier, last[None], [5]).confidence_requested[0]
+    assert x_t_curve[-1]["p"] == pytest.approx(final, abs=1e-3)
     with Image.open(gif) as animation:
         assert animation.n_frames == steps + 1
         frame = gif_frame(last, last)
@@ -218,25 +228,31 @@ def test_long_runs_stream_at_most_a_hundred_frames_and_keep_them_all(client):
     sent = [int(re.search(rf"step (\d+) of {steps}", out[2]).group(1)) for out in job.outputs()]
     stride = -(-steps // settings.MAX_STREAMED_FRAMES)
     assert stride > 1 and len(sent) <= settings.MAX_STREAMED_FRAMES + 1
-    assert sent == [i for i in range(steps) if i % stride == 0] + [steps]  # x_T, every stride-th step, the last
+    # x_T first, then only stride-th steps (the newest of those that arrived together), in order; the last at the end
+    assert sent[0] == 0 and sent[-1] == steps and sent == sorted(set(sent))
+    assert all(i % stride == 0 for i in sent[:-1])
     assert slider["maximum"] == steps  # every frame can be scrubbed to
     x_t, x0, counter = client.predict(frame=77, api_name="/show_frame")  # a frame that was not sent
     assert f"step 77 of {steps}" in counter
 
 
-def test_show_frame_scrubs_this_sessions_last_run(url):
+def test_show_frame_scrubs_this_sessions_last_run(url, classroom):
     client = Client(url, verbose=False)
     with pytest.raises(Exception, match="run the reverse process first"):
         client.predict(frame=0, api_name="/show_frame")
     frames = client.submit(digit=1, guidance=0, steps=4, seed=0, api_name="/reverse_process")
     frames.result()
-    streamed = frames.outputs()
-    assert len(streamed) == 5
-    for i in (0, 2, 4):
+    streamed = {int(re.search(r"step (\d+) of 4", out[2]).group(1)): out for out in frames.outputs()}
+    assert {0, 4} <= set(streamed)
+    engine = [s.x for s in classroom.pipe.denoising_steps([1], guidance=0.0, num_inference_steps=4, seed=0)]
+    for i in range(5):  # every frame, streamed or not, matches the streamed one and the engine's own steps
         x_t, x0, counter = client.predict(frame=i, api_name="/show_frame")
         assert f"step {i} of 4" in counter
-        np.testing.assert_array_equal(read_image(x_t), read_image(streamed[i][0]))
-        np.testing.assert_array_equal(read_image(x0), read_image(streamed[i][1]))
+        if i in streamed:
+            np.testing.assert_array_equal(read_image(x_t), read_image(streamed[i][0]))
+            np.testing.assert_array_equal(read_image(x0), read_image(streamed[i][1]))
+        if i:
+            assert_same_images(shrink(read_image(x_t), settings.FRAME_SCALE)[None], to_uint8(engine[i - 1]))
     with pytest.raises(Exception, match="frame must be a whole number from 0 to 4"):
         client.predict(frame=5, api_name="/show_frame")
 
@@ -414,7 +430,7 @@ def test_clip_steps_aside_while_others_wait_for_the_network(clip_classroom, monk
     """A class sampling at once gets the classifier's scores at once; CLIP would hold it up."""
     clip_classroom.clip.get(timeout=60)
     images, digits = np.zeros((2, 28, 28), np.uint8), [3, 4]
-    monkeypatch.setattr(clip_classroom.sampler, "requests_in_progress", lambda: 5)
+    monkeypatch.setattr(clip_classroom.server, "requests_in_progress", lambda: 5)
     scores = clip_classroom.score(images, digits, ("a clear digit",))
     assert scores.clip is None and "5 other request(s) are waiting" in scores.clip_note
     assert scores.classifier.confidence_requested.shape == (2,)

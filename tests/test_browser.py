@@ -62,6 +62,12 @@ def wait_rendered(page, selector: str, at_least: int = 1) -> None:
         arg=[selector, at_least])
 
 
+def wait_plotted(page, selector: str) -> None:
+    """Wait until the native plot under `selector` (drawn in the browser by Vega) has drawn its marks."""
+    page.wait_for_function("sel => document.querySelector(sel + ' canvas, ' + sel + ' svg .mark-line, ' + sel"
+                           " + ' svg path') !== null", arg=selector)
+
+
 def image_source(page, selector: str) -> str:
     return page.eval_on_selector(f"{selector} img", "img => img.src")
 
@@ -90,7 +96,8 @@ def test_reverse_process_tab_animates_then_scrubs(page):
     page.get_by_role("button", name="Run the reverse process").click()
     page.wait_for_function("() => /step \\d+ of \\d+/.test(document.querySelector('#step-counter').innerText)")
     wait_rendered(page, "#x-t")
-    wait_rendered(page, "#confidence-plot")  # the plot arrives with the last frame
+    page.wait_for_function("() => document.querySelector('#step-counter').innerText.includes('first recognises')")
+    wait_plotted(page, "#confidence-plot")  # the plot arrives with the last frame
     counter = page.locator("#step-counter").inner_text()
     assert "t = 0 /" in counter and "first recognises" in counter
     wait_rendered(page, "#x0-hat")

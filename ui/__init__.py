@@ -23,7 +23,7 @@ from .forward import ForwardTab
 from .generate import GenerateTab
 from .guard import RequestGuard
 from .reverse import ReverseTab
-from .settings import UI_ONLY, CSS, MAX_FILE_BYTES, QUEUE_SIZE, SAMPLING_CONCURRENCY, SESSION_CAPACITY
+from .settings import UI_ONLY, CSS, MAX_FILE_BYTES, QUEUE_SIZE, SESSION_CAPACITY, WORKER_THREADS
 
 __all__ = ["Classroom", "build_app", "launch", "load_classroom"]
 
@@ -61,6 +61,6 @@ def launch(demo: gr.Blocks, host: str, port: int, **kwargs):
     # localStorage on every event, so each slider move got slower as a lesson went on (measured: 45 ms
     # round trips became 100 ms after ten reverse-process runs). The app has its own frame slider.
     return demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, max_file_size=MAX_FILE_BYTES,
-                       max_threads=SAMPLING_CONCURRENCY + 24, state_session_capacity=SESSION_CAPACITY,
+                       max_threads=WORKER_THREADS, state_session_capacity=SESSION_CAPACITY,
                        ssr_mode=False, show_error=True, run_history=False,
                        app_kwargs={"middleware": [Middleware(RequestGuard, blocks=demo)]}, **kwargs)

@@ -3,10 +3,14 @@ for the files the app writes (removed when the app stops, SIGTERM included)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import ipaddress
 import shutil
 import tempfile
 import threading
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,16 +18,17 @@ from pathlib import Path
 import gradio as gr
 
 import numpy as np
+import torch
 
-from diffusion.batching import BatchingSampler, SampleRequest, seeded_request
 from diffusion.checkpoints import read_config
 from diffusion.classifier import load_classifier
 from diffusion.data import load_shipped_digits, shipped_test_index
 from diffusion.pipeline import DigitDiffusion, load_pipeline
 from diffusion.requests import SamplingRequest, check_sampling_request, max_inference_steps
 from diffusion.scoring import ClassifierScores, ClipScores, ClipUnavailable, LazyClip, classifier_scores
+from diffusion.server import NetworkServer
 
-from .settings import MAX_IN_FLIGHT_PER_CLIENT, MAX_SAMPLES, MAX_WORK
+from .settings import HANDLER_NICENESS, MAX_IN_FLIGHT_PER_CLIENT, MAX_RUN_STORE_BYTES, MAX_SAMPLES, MAX_WORK
 from .validation import digit_set, invalid, user_errors
 
 CLIP_BUSY = ("CLIP skipped this time: {why}, and on a 2-core machine CLIP would hold them up. It scores "
@@ -37,6 +42,16 @@ class Scores:
     classifier: ClassifierScores
     clip: ClipScores | None
     clip_note: str = ""
+
+
+def yield_to_the_network() -> None:
+    """Lower this handler thread's scheduling priority (Linux: per-thread niceness; raising it needs no
+    privileges), so that on a busy 2-core machine the network server's thread, which every request is
+    waiting on, is not preempted by frame encoding. Elsewhere it does nothing."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HANDLER_NICENESS)
+    except (AttributeError, OSError):
+        pass
 
 
 def client_key(request: gr.Request | None) -> str:
@@ -90,21 +105,58 @@ class ClientSlots:
             return sum(self._running.values())
 
 
+class RunStore:
+    """The last reverse-process runs, by id, within a memory budget (least recently used first out).
+
+    A page's session holds only the id of its last run: sessions are many (each API call opens one),
+    so what they hold must be small, and the frames live here, bounded in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._runs: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, run) -> str:
+        """Keep `run` (anything with .nbytes); returns its id."""
+        run_id = uuid.uuid4().hex
+        with self._lock:
+            self._runs[run_id] = run
+            while sum(r.nbytes for r in self._runs.values()) > self.max_bytes and len(self._runs) > 1:
+                self._runs.popitem(last=False)
+        return run_id
+
+    def get(self, run_id):
+        """The run, or None if it was never here or has made room for newer ones."""
+        with self._lock:
+            run = self._runs.get(run_id) if isinstance(run_id, str) else None
+            if run is not None:
+                self._runs.move_to_end(run_id)
+            return run
+
+
 class Classroom:
     """The loaded models and the services the tabs share."""
 
     def __init__(self, pipe: DigitDiffusion, classifier, clip: LazyClip, classifier_config: dict):
         self.pipe, self.classifier, self.clip, self.classifier_config = pipe, classifier, clip, classifier_config
-        self.sampler = BatchingSampler(pipe.model, pipe.schedule)
+        self.server = NetworkServer(pipe.model, pipe.schedule, warm_up=True)  # every sampling request shares it
         self._clip_lock = threading.Lock()  # one CLIP evaluation at a time: it is the heaviest network here
         self.work_folder = Path(tempfile.mkdtemp(prefix="mnist-diffusion-app-"))  # GIFs and plots
         self.shipped_images, self.shipped_labels = load_shipped_digits()
         self.shipped_test_index = shipped_test_index()
+        # The classifier runs on one thread of its own for every tab: one set of torch's per-thread buffers
+        # instead of one per handler thread (with a class, a hundred threads and hundreds of MB), and one
+        # torch thread, leaving the other core to the network server.
+        self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classifier",
+                                         initializer=torch.set_num_threads, initargs=(1,))
+        self.runs = RunStore(MAX_RUN_STORE_BYTES)
         self.sampling_slots = ClientSlots(MAX_IN_FLIGHT_PER_CLIENT, "sampling requests")
         self.image_slots = ClientSlots(MAX_IN_FLIGHT_PER_CLIENT, "image requests")
 
     def close(self) -> None:
-        """Remove the work folder (the app calls this when it stops)."""
+        """Stop the network server and remove the work folder (the app calls this when it stops)."""
+        self.server.close()
+        self.scorer.shutdown(wait=False)
         shutil.rmtree(self.work_folder, ignore_errors=True)
 
     # --- sampling requests ---------------------------------------------------------------------------
@@ -121,10 +173,6 @@ class Classroom:
                                           num_train_steps=self.pipe.num_train_steps, max_samples=MAX_SAMPLES,
                                           max_work=MAX_WORK, sweep_size=sweep_size)
 
-    @staticmethod
-    def engine_request(request: SamplingRequest) -> SampleRequest:
-        return seeded_request(request)
-
     # --- scores ----------------------------------------------------------------------------------------
     def score(self, images: np.ndarray, digits, prompts: tuple[str, ...]) -> Scores:
         """The classifier's scores, plus CLIP's if it has loaded and the Space is not busy.
@@ -132,12 +180,12 @@ class Classroom:
         CLIP never makes anyone wait: it costs about 0.05-0.1 s per image on 2 CPU cores (ViT-B-32),
         so when a class samples at once (other requests waiting for the network, or CLIP scoring
         another request) it is skipped, and the note says so."""
-        classifier = classifier_scores(self.classifier, images, digits)
+        classifier = self.classifier_scores(images, digits)
         try:
             scorer = self.clip.get()  # starts loading on first use; raises at once while loading
         except ClipUnavailable as e:
             return Scores(classifier, None, str(e))
-        waiting = self.sampler.requests_in_progress()
+        waiting = self.server.requests_in_progress()
         if waiting or not self._clip_lock.acquire(blocking=False):
             return Scores(classifier, None, CLIP_BUSY.format(
                 why=f"{waiting} other request(s) are waiting for the network" if waiting
@@ -149,7 +197,11 @@ class Classroom:
 
     def confidence(self, images: np.ndarray, digits) -> np.ndarray:
         """The classifier's probability that each image (uint8 [N,28,28]) is its asked digit: float [N]."""
-        return classifier_scores(self.classifier, images, digits).confidence_requested
+        return self.classifier_scores(images, digits).confidence_requested
+
+    def classifier_scores(self, images: np.ndarray, digits) -> ClassifierScores:
+        """`diffusion.scoring.classifier_scores`, on the classifier's thread."""
+        return self.scorer.submit(classifier_scores, self.classifier, images, digits).result()
 
 
 def load_classroom(unet: str, classifier: str, clip_model: str | None, clip_pretrained: str | None, *,

@@ -9,7 +9,7 @@ from diffusion.digit_images import pixel_diversity
 from diffusion.requests import is_number
 from diffusion.scoring import DEFAULT_QUALITY_PROMPTS
 
-from .classroom import Classroom
+from .classroom import Classroom, yield_to_the_network
 from .controls import RANDOM_SEED_JS, sampling_controls
 from .rendering import agreement_panel, enlarge, sample_cards, scores_table, sweep_figure
 from .settings import (ALL_DIGITS, DEFAULT_SWEEP, GRID_SCALE, MAX_PROMPTS, MAX_SAMPLES, MAX_SWEEP_VALUES, MAX_WORK,
@@ -39,8 +39,9 @@ class GenerateTab:
         agreement panel (text, and the samples where CLIP and the classifier disagree)."""
         checked = self.classroom.sampling_request(digit, samples_per_digit, guidance, sampler, steps, seed)
         prompts = quality_prompts(quality_prompts_text)
+        yield_to_the_network()
         with self.classroom.sampling_slots.slot(request):
-            [images] = self.classroom.sampler.run([self.classroom.engine_request(checked)])
+            [images] = self.classroom.server.run([checked])
         digits = list(checked.digits)
         scores = self.classroom.score(images, digits, prompts)
         cards = sample_cards(images, digits, scores.classifier, scores.clip, range(len(images)))
@@ -55,9 +56,9 @@ class GenerateTab:
         ws = guidance_values(guidance_values_text)
         checked = self.classroom.sampling_request(digit, samples_per_digit, max(ws), sampler, steps, seed,
                                                   sweep_size=len(ws))
+        yield_to_the_network()
         with self.classroom.sampling_slots.slot(request):
-            results = self.classroom.sampler.run([self.classroom.engine_request(checked.with_guidance(w))
-                                                  for w in ws])
+            results = self.classroom.server.run([checked.with_guidance(w) for w in ws])
         rows, grids, captions = [], [], []
         for w, images in zip(ws, results):
             confidence = self.classroom.confidence(images, list(checked.digits))

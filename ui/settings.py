@@ -14,10 +14,13 @@ MAX_PATH_CHARS = 4096           # a file argument's path
 MAX_BODY_BYTES = 64 * 2**10     # any other request body (the largest real one, the CLIP prompts, is ~2 KB)
 MAX_IN_FLIGHT_PER_CLIENT = 2    # sampling requests one client (an address, or a session on this machine) may have running
 QUEUE_SIZE = 256                # requests waiting at once; more get "queue full"
-SAMPLING_CONCURRENCY = 40       # /generate and /guidance_sweep mostly wait on the shared BatchingSampler
-ANIMATION_CONCURRENCY = 2       # /reverse_process runs the network itself, one step per frame
+SAMPLING_CONCURRENCY = 40       # /generate and /guidance_sweep wait on the shared network server
+ANIMATION_CONCURRENCY = 40      # /reverse_process too: a whole class animates at once
+HANDLER_NICENESS = 10           # handler threads run below the network server's thread (see classroom.py)
+WORKER_THREADS = SAMPLING_CONCURRENCY + ANIMATION_CONCURRENCY + 24  # gradio's threads for the handlers
 LIGHT_CONCURRENCY = 4           # forward noising, loading x₀: milliseconds each
-SESSION_CAPACITY = 200          # browser sessions whose state (the last reverse-process run, ≤ 1 MB) is kept
+SESSION_CAPACITY = 200          # browser sessions whose state (the id of their last reverse-process run) is kept
+MAX_RUN_STORE_BYTES = 48 * 2**20  # reverse-process frames kept for scrubbing (a 500-step run: 0.8 MB)
 # Every event goes through the queue (nothing can skip its limits). Sliders (/noise_at_t, /show_frame) take
 # milliseconds; UI-only events (fitting a slider to the sampler, CLIP's status) take microseconds.
 INSTANT = {"preprocess": False, "concurrency_id": "instant", "concurrency_limit": 2}
@@ -25,10 +28,13 @@ UI_ONLY = {"api_visibility": "private", "concurrency_id": "ui", "concurrency_lim
 
 # --- Display -------------------------------------------------------------------------------------------
 SAMPLE_SCALE = 4   # 28 px -> 112 px in galleries
-GRID_SCALE = 2     # the downloadable grid of samples
+GRID_SCALE = 1     # the downloadable grid of samples: 28 px per digit (a larger PNG costs 14 ms to encode)
 FRAME_SCALE = 8    # 28 px -> 224 px for x_t, x̂0 and x_0
-GIF_SCALE, GIF_MAX_FRAMES, GIF_FRAME_MS, GIF_LAST_FRAME_MS = 4, 100, 80, 1500
+GIF_SCALE, GIF_MAX_FRAMES, GIF_FRAME_MS, GIF_LAST_FRAME_MS = 3, 60, 80, 1500  # a 60-frame GIF: ~20 ms to encode
 MAX_STREAMED_FRAMES = 100  # frames sent while the reverse process runs (a 500-step ddpm run sends every 5th)
+FRAME_INTERVAL_S = 0.1     # at most 10 frames a second while it runs: the page plays every frame back afterwards
+FRAMES_PER_SECOND = 20     # … and at most about 20 a second for all the animations streaming at once
+PLOT_POINTS = 50           # frames the classifier scores for the confidence plot (more where it first recognises)
 STRIP_FRAMES = 8
 RECOGNISABLE = 0.5  # the classifier's probability for the asked digit at which we call it recognisable
 ALL_DIGITS = "all"

@@ -1,0 +1,182 @@
+"""The network server: runs of any sampler and step count share one network pass per tick; a request gets
+the same frames and images alone or in a crowd; runs join mid-way and leave; cancellation frees the run;
+a failing request leaves the others intact; short runs are not starved by long ones."""
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_T
+from diffusion.requests import check_sampling_request
+from diffusion.sampling import SAMPLERS
+from diffusion.server import STARVE_TICKS, NetworkServer, RunCancelled, choose_runs
+
+
+def request(digits, **settings):
+    settings.setdefault("steps", 6)
+    settings.setdefault("guidance", 1.5)
+    return check_sampling_request(list(digits), num_train_steps=TINY_T, **settings)
+
+
+@pytest.fixture
+def server(tiny_random_pipe):
+    server = NetworkServer(tiny_random_pipe.model, tiny_random_pipe.schedule)
+    yield server
+    server.close()
+
+
+def assert_same_images(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal uint8 images, allowing a rounding difference of 1 grey level (batch size changes float sums)."""
+    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+class Gate(torch.nn.Module):
+    """The network, held at each call until the test opens the gate; counts its calls and batch sizes."""
+
+    def __init__(self, net, open_=True):
+        super().__init__()
+        self.net, self.calls = net, []
+        self.gate = threading.Event()
+        if open_:
+            self.gate.set()
+
+    def forward(self, x, *args):
+        self.gate.wait(timeout=30)
+        self.calls.append(len(x))
+        return self.net(x, *args)
+
+    def __getattr__(self, name):
+        if name == "config":
+            return self.net.config
+        return super().__getattr__(name)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_alone_or_in_a_crowd_every_sampler_gives_the_same_images_and_frames(tiny_random_pipe, server, sampler):
+    pipe = tiny_random_pipe
+    mine = request([0, 3, 9], sampler=sampler, steps=7, seed=11, eta=0.5)
+    alone = pipe.generate(list(mine.digits), guidance=1.5, sampler=sampler, num_inference_steps=7, seed=11, eta=0.5)
+    frames_alone = [s.x for s in pipe.denoising_steps(list(mine.digits), guidance=1.5, sampler=sampler,
+                                                      num_inference_steps=7, seed=11, eta=0.5)]
+    crowd = [request([d], sampler=s, steps=n, seed=d, guidance=w)
+             for d, s, n, w in [(1, "ddpm", 30, 0.0), (2, "dpm++2m", 4, 3.0), (5, "ddim", 9, 1.0), (8, sampler, 7, 2.0)]]
+    handles = [server.submit(r) for r in crowd[:2]]
+    streamed = server.submit(mine, stream=True)
+    handles += [server.submit(r) for r in crowd[2:]]
+    steps = list(streamed.steps())
+    assert_same_images(streamed.result(), alone)
+    assert [s.index for s in steps] == list(range(8)) and steps[0].x0 is None
+    for ours, theirs in zip(steps[1:], frames_alone):
+        torch.testing.assert_close(ours.x, theirs, atol=2e-3, rtol=0)
+    for r, h in zip(crowd, handles):  # and each of the others got its own result too
+        assert_same_images(h.result(), pipe.generate(list(r.digits), guidance=r.guidance, sampler=r.sampler,
+                                                     num_inference_steps=r.num_inference_steps, seed=r.seed))
+    assert max(server.tick_sizes) > 3  # runs of different samplers, steps and t shared ticks
+
+
+def test_runs_join_mid_way_and_leave_between_ticks(tiny_random_pipe):
+    gate = Gate(tiny_random_pipe.model, open_=False)
+    server = NetworkServer(gate, tiny_random_pipe.schedule)
+    try:
+        long = server.submit(request([4], sampler="ddpm", steps=40, seed=0), stream=True)
+        steps = long.steps()
+        gate.gate.set()
+        for _ in range(10):
+            next(steps)  # the long run is a quarter done …
+        short = server.submit(request([7], steps=3, seed=1))  # … when a short one joins
+        images = short.result(timeout=30)
+        assert next(steps).index < 40  # the short one finished while the long one was still running
+        assert_same_images(images, tiny_random_pipe.generate([7], guidance=1.5, num_inference_steps=3, seed=1))
+        assert len([s for s in steps]) > 0 and long.result().shape == (1, 28, 28)
+    finally:
+        server.close()
+
+
+def test_identical_requests_are_computed_once_and_late_listeners_get_every_step(tiny_random_pipe):
+    gate = Gate(tiny_random_pipe.model, open_=False)
+    server = NetworkServer(gate, tiny_random_pipe.schedule)
+    try:
+        same = request([3, 8], steps=5, seed=5)
+        first = server.submit(same, stream=True)
+        gate.gate.set()
+        first_steps = first.steps()
+        next(first_steps), next(first_steps), next(first_steps)
+        late = server.submit(same, stream=True)  # joins the running one
+        late_steps = list(late.steps())
+        assert [s.index for s in late_steps] == list(range(6))
+        rest = list(first_steps)
+        assert rest[-1].x is late_steps[-1].x  # the very same tensors: one run
+        assert gate.calls == [4] * 5  # 5 steps of 2 samples (doubled for guidance: no guidance head), once
+        again = server.submit(same).result()  # finished: from the cache, no network call
+        assert len(gate.calls) == 5 and again.shape == (2, 28, 28)
+        assert [s.index for s in server.submit(same, stream=True).steps()] == list(range(6))
+    finally:
+        server.close()
+
+
+def test_closing_a_stream_cancels_its_run_and_frees_the_server(tiny_random_pipe):
+    gate = Gate(tiny_random_pipe.model)
+    server = NetworkServer(gate, tiny_random_pipe.schedule)
+    try:
+        handle = server.submit(request([1], sampler="ddpm", steps=50, guidance=0.0), stream=True)
+        steps = handle.steps()
+        next(steps), next(steps)
+        steps.close()  # a closed tab
+        deadline = time.monotonic() + 10
+        while server.requests_in_progress() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.requests_in_progress() == 0
+        calls = len(gate.calls)
+        time.sleep(0.3)
+        assert len(gate.calls) == calls < 50  # no more work for it
+        with pytest.raises(RunCancelled):
+            handle.result(timeout=5)
+        assert server.submit(request([2], steps=3)).result(timeout=30).shape == (1, 28, 28)
+    finally:
+        server.close()
+
+
+def test_a_failing_request_leaves_the_others_intact(tiny_random_pipe, server):
+    good = [server.submit(request([d], steps=4, seed=d)) for d in (1, 2)]
+    bad = request([3], steps=4)
+    object.__setattr__(bad, "digits", (12,))  # past the checks: a label the network cannot embed
+    failing = server.submit(bad)
+    with pytest.raises(RuntimeError):
+        failing.result(timeout=30)
+    for d, handle in zip((1, 2), good):
+        assert_same_images(handle.result(timeout=30),
+                           tiny_random_pipe.generate([d], guidance=1.5, num_inference_steps=4, seed=d))
+    assert server.submit(request([4], steps=4)).result(timeout=30).shape == (1, 28, 28)
+
+
+def test_short_runs_finish_first_and_long_ones_are_not_starved(tiny_random_pipe):
+    gate = Gate(tiny_random_pipe.model, open_=False)
+    server = NetworkServer(gate, tiny_random_pipe.schedule, max_tick_rows=8)
+    try:
+        long = [server.submit(request([d], sampler="ddpm", steps=TINY_T, seed=d)) for d in range(4)]
+        short = [server.submit(request([d] * 2, steps=5, seed=d)) for d in range(6)]
+        gate.gate.set()
+        for h in short + long:
+            h.result(timeout=60)
+        order = [key for key in server.finish_order]
+        short_done = max(order.index(key) for key in order if key[3] == 5)
+        long_first = min(order.index(key) for key in order if key[3] == TINY_T)
+        assert short_done < long_first  # every 5-step run finished before any 50-step run
+        assert max(server.tick_sizes) <= 8
+    finally:
+        server.close()
+
+
+def test_choose_runs_serves_the_least_remaining_work_and_never_starves_a_run():
+    class R:
+        def __init__(self, rows, remaining, last, arrival):
+            self.rows, self.remaining_work, self.last_served, self.arrival = rows, remaining, last, arrival
+
+    big, small, old, newer, mid = R(10, 5000, 99, 0), R(2, 20, 99, 1), R(3, 1500, 90, 2), R(2, 20, 99, 3), R(4, 80, 99, 4)
+    assert choose_runs([big, small, old, newer, mid], tick=100, max_rows=8) == [small, newer, mid]
+    starved = R(10, 5000, 100 - STARVE_TICKS, 5)  # not served for STARVE_TICKS ticks: joins, past the budget
+    assert choose_runs([big, small, starved, newer, mid], tick=100, max_rows=8) == [small, newer, mid, starved]
+    assert choose_runs([big], tick=100, max_rows=8) == [big]  # a run larger than a tick still runs
