@@ -48,7 +48,8 @@ CLICK_TO_FIRST_FRAME_JS = """async () => {
     const img = () => document.querySelector('#x-t img');
     const old = img() ? img().src : null;
     const start = performance.now();
-    [...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Run the reverse process').click();
+    // the tab's 🎲 button: a new seed, then the run (the same seed again would show the same frames)
+    [...document.querySelectorAll('button')].find(b => b.innerText.includes('Random seed') && b.offsetParent).click();
     while (performance.now() - start < 30000) {
         const i = img();
         if (i && i.src !== old && i.complete && i.naturalWidth > 0) return performance.now() - start;

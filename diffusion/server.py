@@ -59,10 +59,10 @@ MIN_ROWS_FOR_ALL_THREADS = 24
 STARVE_TICKS = 32           # a run not served for this many ticks joins the next tick, whatever its size
 RESULT_CACHE_SIZE = 256     # finished results kept for identical requests (≤ 100 × 784 bytes each)
 # The frozen network keeps compiled kernels for every batch size it sees (measured: 5.6 MB each, so 128 sizes
-# would hold 720 MB), so a tick is padded to the next of these sizes (at most a third more rows; ticks of
-# more rows than the last are padded to a multiple of it).
-BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128)
-HISTORY_CACHE_SIZE = 8      # finished animations kept, with every step, for identical animation requests
+# would hold 720 MB), so a tick is padded to the next of these sizes (at most a quarter more rows above 8:
+# a 10-digit grid is not padded; ticks of more rows than the last are padded to a multiple of it).
+BATCH_SIZES = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 112, 128)
+HISTORY_CACHE_SIZE = 4      # finished animations kept, with every step, for identical animation requests
 
 
 class RunCancelled(Exception):
@@ -420,8 +420,8 @@ class NetworkServer:
         self._finished[run.key] = images
         while len(self._finished) > RESULT_CACHE_SIZE:
             self._finished.popitem(last=False)
-        if run.stream:  # the cache keeps the steps; the run (which its callers may hold on to) lets go of them
-            self._histories[run.key], run.history = run.history, []
+        if run.stream:  # the cache keeps the steps, compactly; the run (its callers may hold it) lets go of them
+            self._histories[run.key], run.history = compact(run.history), []
             while len(self._histories) > HISTORY_CACHE_SIZE:
                 self._histories.popitem(last=False)
         self.finish_order.append(run.key)
@@ -439,6 +439,15 @@ class NetworkServer:
                 listener.put(error)
             if not run.result.done():
                 run.result.set_exception(error)
+
+
+def compact(history: list[SamplerStep]) -> list[SamplerStep]:
+    """The same steps with their images in two tensors instead of two per step: a finished animation kept
+    for later listeners holds two allocations, not a thousand small ones scattered through the heap."""
+    xs = torch.stack([step.x for step in history])
+    x0s = torch.stack([step.x0 if step.x0 is not None else torch.zeros_like(step.x) for step in history])
+    return [SamplerStep(index=step.index, total=step.total, t=step.t, x=xs[i], x0=x0s[i] if step.x0 is not None else None)
+            for i, step in enumerate(history)]
 
 
 def padded_size(rows: int) -> int:
