@@ -11,7 +11,8 @@ and lets students see where the two agree.
     >>> agreement(c, k).rate, agreement(c, k).disagree
 
 Which CLIP: a model name and a pretrained tag *or a local weights file*, from the arguments, else the
-environment variables DIFFUSION_CLIP_MODEL / DIFFUSION_CLIP_PRETRAINED, else the defaults below.
+defaults below. (The entry points, app.py and this module's CLI, read DIFFUSION_CLIP_MODEL and
+DIFFUSION_CLIP_PRETRAINED from the environment and pass them in.)
 Offline, with the weights not on disk, `load_clip` raises `ClipUnavailable` at once (no retry loop)
 and says how to point at a local file; the classifier scores work without CLIP.
 
@@ -210,7 +211,7 @@ def _resolve_pretrained(open_clip, model_name: str, pretrained: str, cache_dir: 
         cached = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
         if isinstance(cached, str):
             return cached, tag_cfg
-    # huggingface_hub reads HF_HUB_OFFLINE once, when first imported; honour it if it was set later.
+    # huggingface_hub reads its own HF_HUB_OFFLINE once, at import; honour it if it was set after that
     offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
     if offline or not _hub_reachable(constants.ENDPOINT):
         why = "HF_HUB_OFFLINE is set" if offline else f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached"
@@ -225,13 +226,13 @@ def load_clip(model_name: str | None = None, pretrained: str | None = None,
               cache_dir: str | None = None) -> ClipScorer:
     """Load CLIP for scoring, on the CPU. model_name: an open_clip architecture (e.g. "ViT-B-32");
     pretrained: a pretrained tag (e.g. "laion2b_s34b_b79k") or a path to a weights file (.safetensors,
-    .bin, .pt). Each None -> the environment variable DIFFUSION_CLIP_MODEL / DIFFUSION_CLIP_PRETRAINED
+    .bin, .pt). Each None
     -> the default. cache_dir: the Hugging Face cache (None = its default).
 
     Raises ClipUnavailable, with what to do, when CLIP cannot be loaded; within ~2 s when offline.
     """
-    model_name = model_name or os.environ.get(ENV_CLIP_MODEL) or DEFAULT_CLIP_MODEL
-    pretrained = pretrained or os.environ.get(ENV_CLIP_PRETRAINED) or DEFAULT_CLIP_PRETRAINED
+    model_name = model_name or DEFAULT_CLIP_MODEL
+    pretrained = pretrained or DEFAULT_CLIP_PRETRAINED
     try:
         import open_clip
     except ImportError as e:
@@ -315,9 +316,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Print classifier and CLIP scores for digits.")
     p.add_argument("--images", help=".npz with x: uint8 [N,28,28] (255 = ink) and y: the requested digits "
                                     "(default: the real MNIST test digits shipped with the repo)")
-    p.add_argument("--clip-model", help=f"open_clip architecture (default: ${ENV_CLIP_MODEL} or {DEFAULT_CLIP_MODEL})")
-    p.add_argument("--clip-pretrained", help=f"pretrained tag or local weights file "
-                                             f"(default: ${ENV_CLIP_PRETRAINED} or {DEFAULT_CLIP_PRETRAINED})")
+    p.add_argument("--clip-model", default=os.environ.get(ENV_CLIP_MODEL),
+                   help=f"open_clip architecture (default: ${ENV_CLIP_MODEL} or {DEFAULT_CLIP_MODEL})")
+    p.add_argument("--clip-pretrained", default=os.environ.get(ENV_CLIP_PRETRAINED),
+                   help=f"pretrained tag or local weights file (default: ${ENV_CLIP_PRETRAINED} or "
+                        f"{DEFAULT_CLIP_PRETRAINED})")
     p.add_argument("--classifier", help="classifier checkpoint stem (default: the shipped one)")
     args = p.parse_args(argv)
 

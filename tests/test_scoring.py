@@ -61,10 +61,15 @@ def test_loads_a_local_weights_file_through_load_clip(tiny_clip, tiny_clip_weigh
         torch.testing.assert_close(loaded[name], tensor, msg=name)
 
 
-def test_environment_variables_choose_the_model(monkeypatch, tiny_clip_weights):
+def test_environment_variables_choose_the_model_through_the_entry_points(monkeypatch, tiny_clip_weights):
+    """app.py reads the environment and passes the choice in; the engine itself reads no variable."""
+    import app
+
     monkeypatch.setenv("DIFFUSION_CLIP_MODEL", TINY)
     monkeypatch.setenv("DIFFUSION_CLIP_PRETRAINED", tiny_clip_weights)
-    scorer = load_clip()
+    args = app.parse_args([])
+    assert (args.clip_model, args.clip_pretrained) == (TINY, tiny_clip_weights)
+    scorer = load_clip(args.clip_model, args.clip_pretrained)
     assert (scorer.model_name, scorer.pretrained) == (TINY, tiny_clip_weights)
 
 
