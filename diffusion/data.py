@@ -27,7 +27,8 @@ def load_mnist(data_dir: str | Path, train: bool = True) -> tuple[torch.Tensor, 
 
 def to_model_range(images_uint8: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 [N,28,28] (0..255) -> float32 [N,1,28,28] in [-1,1]."""
-    x = torch.as_tensor(np.asarray(images_uint8) if not torch.is_tensor(images_uint8) else images_uint8)
+    # np.array copies: an image decoded from a file can be read-only, which torch warns about
+    x = torch.as_tensor(np.array(images_uint8) if not torch.is_tensor(images_uint8) else images_uint8)
     return (x.float() / 127.5 - 1.0).reshape(-1, 1, 28, 28)
 
 

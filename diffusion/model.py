@@ -244,6 +244,9 @@ class FrozenUNet(nn.Module):
         mask = torch.zeros(2, dtype=torch.bool, device=p.device)
         with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.compile, which takes
             warnings.simplefilter("ignore", FutureWarning)  # ~40 s to compile here and recompiles per batch size
+            # GroupNorm's check that a batch has more than one value per channel (a training-time check)
+            # reads a size as a Python number, which tracing records as a constant: harmless here
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             with torch.inference_mode():
                 self.graph = torch.jit.freeze(torch.jit.trace(_Unet(model).eval(), (x, t, t, mask), check_trace=False))
         self.anchor = nn.Parameter(torch.zeros(0, dtype=p.dtype, device=p.device), requires_grad=False)  # dtype, device
