@@ -57,7 +57,7 @@ MAX_TICK_ROWS = 128
 # every thread only when it is large and nobody is streaming; else one.
 MIN_ROWS_FOR_ALL_THREADS = 24
 STARVE_TICKS = 32           # a run not served for this many ticks joins the next tick, whatever its size
-RESULT_CACHE_SIZE = 256     # finished results kept for identical requests (≤ 100 × 784 bytes each)
+RESULT_CACHE_SIZE = 64      # finished results kept for identical requests (≤ 100 × 784 bytes each)
 # The frozen network keeps compiled kernels for every batch size it sees (measured: 5.6 MB each, so 128 sizes
 # would hold 720 MB), so a tick is padded to the next of these sizes (at most a quarter more rows above 8:
 # a 10-digit grid is not padded; ticks of more rows than the last are padded to a multiple of it).

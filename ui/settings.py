@@ -20,7 +20,7 @@ HANDLER_NICENESS = 10           # handler threads run below the network server's
 WORKER_THREADS = SAMPLING_CONCURRENCY + ANIMATION_CONCURRENCY + 24  # gradio's threads for the handlers
 LIGHT_CONCURRENCY = 4           # forward noising, loading x₀: milliseconds each
 SESSION_CAPACITY = 200          # browser sessions whose state (the id of their last reverse-process run) is kept
-MAX_RUN_STORE_BYTES = 32 * 2**20  # reverse-process frames kept for scrubbing (a 500-step run: 0.8 MB)
+MAX_RUN_STORE_BYTES = 16 * 2**20  # reverse-process frames kept for scrubbing (a 500-step run: 0.8 MB)
 # Every event goes through the queue (nothing can skip its limits). Sliders (/noise_at_t, /show_frame) take
 # milliseconds; UI-only events (fitting a slider to the sampler, CLIP's status) take microseconds.
 INSTANT = {"preprocess": False, "concurrency_id": "instant", "concurrency_limit": 2}
