@@ -247,7 +247,7 @@ def main() -> int:
     finally:
         if process is not None:
             stop(process)
-    return report.finish()
+    return report.finish(partial=args.skip_startup or args.skip_browser or args.skip_clients or bool(args.url))
 
 
 if __name__ == "__main__":

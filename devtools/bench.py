@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+PARTIAL = Path(__file__).resolve().parent.parent / "test-artifacts"  # runs of only some parts land here
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -82,8 +83,10 @@ class Report:
               flush=True)
         return met
 
-    def finish(self, out: Path | None = None) -> int:
-        out = out or RESULTS / f"{self.name}.json"
+    def finish(self, partial: bool = False) -> int:
+        """Write the report (a partial run, one that skipped parts, goes to test-artifacts/: the README's
+        figures come from complete runs only); returns the exit code."""
+        out = (PARTIAL if partial else RESULTS) / f"{self.name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         report = {"benchmark": self.name, "date": time.strftime("%Y-%m-%d", time.gmtime(self.started)),
                   "seconds": round(time.time() - self.started, 1), "machine": machine(),
