@@ -23,7 +23,7 @@ from .forward import ForwardTab
 from .generate import GenerateTab
 from .guard import RequestGuard
 from .reverse import ReverseTab
-from .settings import UI_ONLY, CSS, MAX_FILE_BYTES, QUEUE_SIZE, SESSION_CAPACITY, WORKER_THREADS
+from .settings import CSS, MAX_FILE_BYTES, QUEUE_SIZE, SESSION_CAPACITY, UI_ONLY, WORKER_THREADS
 
 __all__ = ["Classroom", "build_app", "launch", "load_classroom"]
 
