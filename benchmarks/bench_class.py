@@ -28,6 +28,7 @@ import httpx
 
 from devtools.bench import Report, percentile
 from devtools.servers import free_port, start_app, stop
+from diffusion.requests import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 
 SEEDS = itertools.count(20_000)
 SCENARIOS = ("alone", "animations", "grids", "ddpm", "mixed", "fairness")  # every request a seed never used before: no cached results
@@ -68,8 +69,8 @@ class Student:
     PARAMETERS = {"generate": ["digit", "samples_per_digit", "guidance", "sampler", "steps", "seed",
                                "quality_prompts_text"],
                   "reverse_process": ["digit", "guidance", "sampler", "steps", "seed"]}
-    DEFAULTS = {"digit": "all", "samples_per_digit": 1, "guidance": 0.6, "sampler": "dpm++2m-sde", "steps": 12,
-                "seed": 0, "quality_prompts_text": ""}
+    DEFAULTS = {"digit": "all", "samples_per_digit": 1, "guidance": DEFAULT_GUIDANCE, "sampler": DEFAULT_SAMPLER,
+                "steps": DEFAULT_STEPS, "seed": 0, "quality_prompts_text": ""}
 
     def data(self, api_name: str, values: dict) -> list:
         merged = {**self.DEFAULTS, **({"digit": "3"} if api_name == "reverse_process" else {}), **values}

@@ -133,6 +133,12 @@ def randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
 
 
+def initial_noise(num_samples: int, generator: Generators, device: torch.device | str = "cpu") -> torch.Tensor:
+    """x_T: [num_samples,1,28,28] ~ N(0,I), drawn from `generator` first (before any per-step noise), so
+    every caller that seeds alike starts alike."""
+    return randn_like(torch.empty((num_samples, 1, 28, 28), device=device), generator)
+
+
 @dataclass
 class StepOutput:
     """What a sampler's `step` returns. x: [B,1,28,28] the next x (at `t`, the next time step, 0 after
@@ -300,7 +306,7 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, device=device).long().reshape(-1)
     B = labels.shape[0]
-    x = randn_like(torch.empty((B, 1, 28, 28), device=device), generator) if x_T is None else x_T
+    x = initial_noise(B, generator, device) if x_T is None else x_T
     for i, t in enumerate(solver.timesteps):
         # inference mode is per thread, so it must not span a `yield`: a web server may resume
         # this generator from another thread

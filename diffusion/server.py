@@ -42,7 +42,7 @@ import torch
 from .data import to_uint8
 from .model import ClassConditionalUNet, FrozenUNet
 from .requests import SamplingRequest
-from .sampling import Sampler, SamplerStep, guided_eps, is_guided_step, make_sampler
+from .sampling import Sampler, SamplerStep, guided_eps, initial_noise, is_guided_step, make_sampler
 from .schedules import NoiseSchedule
 
 # Measured on the 2-core test machine (bf16, 2 threads): per sample, a batch of 10 costs 0.93 ms, 30 cost
@@ -51,10 +51,7 @@ from .schedules import NoiseSchedule
 MAX_TICK_ROWS = 128
 # How many of torch's threads a tick uses. Outside the main thread they wake slowly for the many small ops of
 # a small batch (measured in a worker thread: a batch of 10 costs 16 ms with 2 threads, 11 ms with 1; from 30
-# rows on 2 threads win: 64 rows, 48 ms against 67 ms). And while animations stream, the other core is busy
-# with their frames: a second torch thread would keep being descheduled, and each of the network's many
-# small parallel ops would wait for it (measured: 29-run ticks took 170 ms instead of 30). So a tick uses
-# every thread only when it is large and nobody is streaming; else one.
+# rows on 2 threads win: 64 rows, 48 ms against 67 ms; frozen: 10 rows 10 ms against 15, 24 rows 20 against 26).
 MIN_ROWS_FOR_ALL_THREADS = 24
 STARVE_TICKS = 32           # a run not served for this many ticks joins the next tick, whatever its size
 RESULT_CACHE_SIZE = 64      # finished results kept for identical requests (≤ 100 × 784 bytes each)
@@ -106,7 +103,6 @@ class Run:
     guidance_interval: tuple[float, float]
     sampler: Sampler
     x: torch.Tensor
-    x_T: torch.Tensor
     generator: torch.Generator
     arrival: int
     stream: bool
@@ -211,7 +207,6 @@ class NetworkServer:
         self.device = next(model.parameters()).device
         self.threads = torch.get_num_threads()  # what a large tick uses
         self.tick_sizes: deque[int] = deque(maxlen=10_000)  # samples evaluated per tick (tests, benchmarks)
-        self.tick_log: deque[tuple] = deque(maxlen=10_000)  # (start, seconds, runs, network seconds) per tick
         self.finish_order: deque[tuple] = deque(maxlen=1000)  # keys of finished runs, in order
         self._lock = threading.Condition()
         self._active: dict[tuple, Run] = {}
@@ -280,11 +275,11 @@ class NetworkServer:
     # --- bookkeeping (with the lock held) -----------------------------------------------------------
     def _new_run(self, key: tuple, request: SamplingRequest, stream: bool) -> Run:
         generator = torch.Generator().manual_seed(request.seed)
-        x_T = torch.randn((request.num_samples, 1, 28, 28), generator=generator).to(self.device)
+        x_T = initial_noise(request.num_samples, generator, self.device)
         sampler = make_sampler(request.sampler, self.schedule, request.num_inference_steps, eta=request.eta)
         run = Run(key=key, labels=torch.tensor(request.digits, dtype=torch.long, device=self.device),
                   guidance=request.guidance, guidance_interval=request.guidance_interval, sampler=sampler,
-                  x=x_T, x_T=x_T, generator=generator, arrival=next(self._arrivals), stream=stream,
+                  x=x_T, generator=generator, arrival=next(self._arrivals), stream=stream,
                   last_served=self._tick)
         if stream:  # step 0: x_T itself, so a listener's first frame is the starting noise
             run.history.append(SamplerStep(index=0, total=run.total, t=sampler.timesteps[0], x=x_T, x0=None))
@@ -300,7 +295,7 @@ class NetworkServer:
             return None
         self._finished.move_to_end(key)
         run = Run(key=key, labels=torch.empty(0), guidance=0.0, guidance_interval=(0.0, 1.0), sampler=None,
-                  x=torch.empty(0), x_T=torch.empty(0), generator=None, arrival=-1, stream=stream)
+                  x=torch.empty(0), generator=None, arrival=-1, stream=stream)
         run.result.set_result(self._finished[key])
         listener = None
         if history is not None:
@@ -348,7 +343,6 @@ class NetworkServer:
 
     def _step(self, runs: list[Run]) -> None:
         """One tick: one batched evaluation of the runs' ε, then each run's own sampler step."""
-        start = time.perf_counter()
         try:
             eps = self._evaluate(runs)
         except Exception:  # one bad run must not break the others: find it by evaluating each alone
@@ -361,7 +355,6 @@ class NetworkServer:
                         self._fail([run], error)
                     eps.append(None)
         self.tick_sizes.append(sum(r.rows for r, e in zip(runs, eps) if e is not None))
-        evaluated = time.perf_counter()
         stepped = []
         for run, run_eps in zip(runs, eps):
             if run_eps is None:
@@ -383,35 +376,36 @@ class NetworkServer:
                     listener.put(step)
                 if run.steps_done == run.total:
                     self._finish(run)
-        self.tick_log.append((start, time.perf_counter() - start, len(runs), evaluated - start))
 
     def _evaluate(self, runs: list[Run]) -> list[torch.Tensor]:
         """The guided ε of every run, from one forward pass over all their samples; one [N_i,1,28,28] each."""
         T = self.schedule.num_train_steps
-        if self.device.type == "cpu":
-            large = sum(r.rows for r in runs) >= MIN_ROWS_FOR_ALL_THREADS
-            torch.set_num_threads(self.threads if large else 1)
         ts, ws = [], []
         for run in runs:
             t = run.sampler.timesteps[run.steps_done]
             ts.append(torch.full((run.rows,), t, dtype=torch.long, device=self.device))
             guided = is_guided_step(t, T, run.guidance_interval)
             ws.append(torch.full((run.rows,), run.guidance if guided else 0.0, device=self.device))
-        x, t, labels, w = torch.cat([r.x for r in runs]), torch.cat(ts), torch.cat([r.labels for r in runs]), torch.cat(ws)
-        rows = len(x)
-        padding = padded_size(rows) - rows  # rows of zeros, so the network sees one of a few batch sizes
-        if padding:
-            x = torch.cat([x, x.new_zeros((padding, *x.shape[1:]))])
-            t, labels, w = (torch.cat([v, v.new_full((padding,), fill)]) for v, fill in ((t, 1), (labels, 0), (w, 0.0)))
-        eps = guided_eps(self.model, x, t, labels, w)[:rows]
+        eps = self._guided_eps(torch.cat([r.x for r in runs]), torch.cat(ts), torch.cat([r.labels for r in runs]),
+                               torch.cat(ws))
         return list(eps.split([r.rows for r in runs]))
 
-    def _warm_up(self, rows: int) -> None:
-        x = torch.zeros((rows, 1, 28, 28), device=self.device)
-        t = torch.ones(rows, dtype=torch.long, device=self.device)
+    def _guided_eps(self, x, t, labels, w) -> torch.Tensor:
+        """`guided_eps` of [B] rows, padded with rows of zeros to one of BATCH_SIZES (so the network only ever
+        sees a few batch sizes), on as many torch threads as that size runs fastest with."""
+        rows = len(x)
+        size = padded_size(rows)
+        if size > rows:
+            x = torch.cat([x, x.new_zeros((size - rows, *x.shape[1:]))])
+            t, labels, w = (torch.cat([v, v.new_full((size - rows,), fill)]) for v, fill in ((t, 1), (labels, 0), (w, 0.0)))
         if self.device.type == "cpu":
-            torch.set_num_threads(self.threads if rows >= MIN_ROWS_FOR_ALL_THREADS else 1)
-        guided_eps(self.model, x, t, t * 0, torch.full((rows,), 1.0, device=self.device))
+            torch.set_num_threads(self.threads if size >= MIN_ROWS_FOR_ALL_THREADS else 1)
+        return guided_eps(self.model, x, t, labels, w)[:rows]
+
+    def _warm_up(self, rows: int) -> None:
+        t = torch.ones(rows, dtype=torch.long, device=self.device)
+        self._guided_eps(torch.zeros((rows, 1, 28, 28), device=self.device), t, t * 0,
+                         torch.ones(rows, device=self.device))
 
     def _finish(self, run: Run) -> None:
         """(lock held) The run's final images to its result, its listeners and the caches."""

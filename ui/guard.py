@@ -11,6 +11,8 @@ A public Space is a server open to anyone, so every request passes through `Requ
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import re
@@ -190,10 +192,9 @@ class RequestGuard:
         raise Refused(404, f"there is no endpoint /{short_repr(api_name)[1:-1]}")
 
     @staticmethod
+    @functools.cache
     def parameter_names(fn) -> list[str]:
-        """The API's parameter names of an event (its inputs that the API shows)."""
-        import inspect
-
+        """The API's parameter names of an event (its inputs that the API shows); worked out once per event."""
         params = [p for p in inspect.signature(fn.fn).parameters.values()
                   if p.annotation not in ("gr.Request", "Request") and p.name != "request"] if fn.fn else []
         shown = [block for block in fn.inputs if not getattr(block, "skip_api", False)]
