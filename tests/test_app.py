@@ -22,7 +22,7 @@ from ui.rendering import PLOT_DPI, SCHEDULE_FIGURE_INCHES, enlarge, gif_frame
 from conftest import MISSING_CLIP, launch_classroom
 from diffusion.classifier import DEFAULT_CLASSIFIER
 from diffusion.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_UNET
-from diffusion.scoring import classifier_scores
+from diffusion.scoring import classifier_scores, noisy_image_scores
 from tiny_clip import TINY_CLIP
 
 @pytest.fixture(scope="module")
@@ -198,19 +198,20 @@ def test_reverse_process_streams_frames_then_plot_gif_and_slider(client, classro
     assert all(c[1] == T and c[3] == str(steps) for c in counters) and counters[-1][0] == "0"
     assert [int(c[0]) for c in counters] == sorted((int(c[0]) for c in counters), reverse=True)  # t counts down
     assert all(out[3] is None or "update" in str(out[3]) for out in outputs[:-1])  # no plot re-sent per frame
-    x_t, x0, counter, plot, gif, slider = final  # (the session state is not part of the API)
+    assert all(out[6] is None or "update" in str(out[6]) for out in outputs[:-1])  # nor the player
+    x_t, x0, counter, plot, gif, slider, player = final  # (the session state is not part of the API)
     last = shrink(read_image(x_t), settings.FRAME_SCALE)
     expected = classroom.pipe.generate([5], guidance=DEFAULT_GUIDANCE, sampler=DEFAULT_SAMPLER, num_inference_steps=steps, seed=3)
     assert_same_images(last[None], expected)
     assert "first recognises the 5" in counter
     # the confidence plot's data: x_t at every frame, x̂₀ from step 1, the 50% line; the last x_t point is
-    # the classifier's confidence in the final image
+    # the noise-aware classifier's confidence in the final image (at t = 0)
     rows = [dict(zip(plot["columns"], row)) for row in plot["data"]]
     curves = {r["curve"] for r in rows}
     assert len(curves) == 3 and any("recognisable" in c for c in curves)
     x_t_curve = [r for r in rows if r["curve"].startswith("x_t")]
     assert [r["step"] for r in x_t_curve] == list(range(steps + 1))
-    final = classifier_scores(classroom.classifier, last[None], [5]).confidence_requested[0]
+    final = noisy_image_scores(classroom.noise_classifier, last[None], [0], [5]).confidence_requested[0]
     assert x_t_curve[-1]["p"] == pytest.approx(final, abs=1e-3)
     with Image.open(gif) as animation:
         assert animation.n_frames == steps + 1
@@ -224,14 +225,15 @@ def test_reverse_process_streams_frames_then_plot_gif_and_slider(client, classro
 def test_long_runs_stream_at_most_a_hundred_frames_and_keep_them_all(client):
     steps = 101  # just over MAX_STREAMED_FRAMES: every 2nd frame is sent
     job = client.submit(digit=0, sampler="ddpm", steps=steps, seed=0, api_name="/reverse_process")
-    *_, slider = job.result()
+    *_, slider, player = job.result()
     sent = [int(re.search(rf"step (\d+) of {steps}", out[2]).group(1)) for out in job.outputs()]
     stride = -(-steps // settings.MAX_STREAMED_FRAMES)
     assert stride > 1 and len(sent) <= settings.MAX_STREAMED_FRAMES + 1
     # x_T first, then only stride-th steps (the newest of those that arrived together), in order; the last at the end
     assert sent[0] == 0 and sent[-1] == steps and sent == sorted(set(sent))
     assert all(i % stride == 0 for i in sent[:-1])
-    assert slider["maximum"] == steps  # every frame can be scrubbed to
+    assert slider["maximum"] == steps  # every frame can be scrubbed to …
+    assert player.count('<figure class="frame"') == steps + 1  # … and played back in the browser
     x_t, x0, counter = client.predict(frame=77, api_name="/show_frame")  # a frame that was not sent
     assert f"step 77 of {steps}" in counter
 

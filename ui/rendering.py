@@ -1,5 +1,5 @@
-"""Pictures for the page: enlarged digits, sample cards, tables, matplotlib figures and GIFs.
-No diffusion maths here: every number drawn comes from the engine."""
+"""Pictures for the page: enlarged digits, sample cards, tables, matplotlib figures, GIFs, the reverse-process
+player and the all-ten filmstrip. No diffusion maths here: every number drawn comes from the engine."""
 from __future__ import annotations
 
 import base64
@@ -7,18 +7,21 @@ import hashlib
 import html
 import io
 import uuid
+from functools import cache
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from diffusion.data import grid_image
 from diffusion.scoring import ClassifierScores, ClipScores, agreement
 from diffusion.schedules import SCHEDULE_NAMES, NoiseSchedule
 
-from .settings import GIF_FRAME_MS, GIF_LAST_FRAME_MS, GIF_MAX_FRAMES, GIF_SCALE
+from .settings import (FILMSTRIP_FONT_PX, FILMSTRIP_SCALE, GIF_FRAME_MS, GIF_LAST_FRAME_MS, GIF_MAX_FRAMES, GIF_SCALE,
+                       GIF_SECONDS, PLAYER_IMAGE_PX, PLAYER_MAX_FPS, PLAYER_MIN_FPS)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -171,7 +174,91 @@ def write_gif(x_t: Sequence[np.ndarray], x0: Sequence[np.ndarray], folder: Path,
     picks = np.unique(np.linspace(0, len(x_t) - 1, min(len(x_t), GIF_MAX_FRAMES)).round().astype(int))
     frames = [Image.fromarray(gif_frame(x_t[i], x0[i])) for i in picks]
     path = folder / f"{name}-{uuid.uuid4().hex[:8]}.gif"
+    frame_ms = max(GIF_FRAME_MS, round(1000 * GIF_SECONDS / len(frames)))  # a short run is not over in a blink
     frames[0].save(path, save_all=True, append_images=frames[1:], loop=0,
-                   duration=[GIF_FRAME_MS] * (len(frames) - 1) + [GIF_LAST_FRAME_MS])
+                   duration=[frame_ms] * (len(frames) - 1) + [GIF_LAST_FRAME_MS])
     keep_newest(folder, "*.gif", keep=200)
     return path
+
+
+def player_html(x_t: Sequence[np.ndarray], x0: Sequence[np.ndarray], captions: Sequence[str], fps: int) -> str:
+    """The reverse-process player: every frame (x_t beside x̂₀, uint8 [28,28] each, as PNG data URIs, shown
+    PLAYER_IMAGE_PX wide) with its caption, all but the last hidden, and the play controls; `fps` is the speed
+    it starts at. ui/player.js plays it in the browser (each player is new to the page, data-run, so the same run
+    asked again plays again); without JavaScript it shows the last frame. About 2 KB a frame (a 500-step ddpm
+    run: about 1 MB)."""
+    frames = "".join(
+        f'<figure class="frame" data-step="{i}"{"" if i == len(x_t) - 1 else " hidden"}>'
+        f'<img src="{png_data_uri(a)}" alt="x_t at step {i}"><img src="{png_data_uri(b)}" alt="x̂₀ at step {i}">'
+        f'<figcaption>{html.escape(caption)}</figcaption></figure>'
+        for i, (a, b, caption) in enumerate(zip(x_t, x0, captions)))
+    return (f'<div class="player" data-run="{uuid.uuid4().hex[:8]}" data-autoplay>'
+            f'<div class="player-heads"><span>x_t (noisy image)</span><span>x̂₀ (the model’s guess)</span></div>'
+            f'{frames}<div class="player-controls">'
+            f'<button data-action="back" title="one frame back">◀ frame</button>'
+            f'<button data-action="play" class="primary">▶ Play</button>'
+            f'<button data-action="forward" title="one frame forward">frame ▶</button>'
+            f'<label>speed <input type="range" name="fps" min="{PLAYER_MIN_FPS}" max="{PLAYER_MAX_FPS}" '
+            f'value="{fps}"><output>{fps}</output> frames/s</label>'
+            f'<label><input type="checkbox" name="loop"> loop</label></div></div>')
+
+
+PLAYER_CSS = f"""
+.player-heads, .frame > img {{ display: inline-block; }}
+.player-heads span {{ display: inline-block; width: {PLAYER_IMAGE_PX}px; margin-right: 12px; font-weight: 600; }}
+.frame {{ margin: 0; }}
+.frame > img {{ width: {PLAYER_IMAGE_PX}px; height: {PLAYER_IMAGE_PX}px; margin-right: 12px; image-rendering: pixelated; }}
+.frame figcaption {{ font-size: 1.15em; font-variant-numeric: tabular-nums; margin: 6px 0; }}
+.player-controls {{ display: flex; flex-wrap: wrap; gap: 10px; align-items: center; }}
+.player-controls button {{ padding: 4px 12px; border: 1px solid var(--border-color-primary); border-radius: 6px; }}
+.player-controls .primary {{ min-width: 7em; font-weight: 600; }}
+.player-controls input[type=checkbox] {{ appearance: auto; width: 1.1em; height: 1.1em; vertical-align: middle; }}
+.player-controls output {{ display: inline-block; min-width: 2ch; margin-left: 6px; text-align: right; }}
+"""  # the player's own CSS (gr.HTML scopes it to the player)
+
+# The filmstrip's layout, in pixels: a label column, a header of three lines, gaps between tiles
+FILMSTRIP_TILE = 28 * FILMSTRIP_SCALE
+FILMSTRIP_LABEL_W, FILMSTRIP_GAP, FILMSTRIP_COLUMN_GAP = 48, 4, 20
+FILMSTRIP_TOP = 36  # room for the page's buttons over the image (download, full screen)
+FILMSTRIP_HEADER_H = FILMSTRIP_TOP + 3 * (FILMSTRIP_FONT_PX + 8)
+
+
+@cache
+def font(size: int) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans (shipped with matplotlib: it has x̂₀ and xₜ), else PIL's own font."""
+    spec = find_spec("matplotlib")
+    path = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf" if spec else None
+    return ImageFont.truetype(str(path), size) if path and path.exists() else ImageFont.load_default(size)
+
+
+def filmstrip_cell(row: int, column: int, guess: bool) -> tuple[int, int]:
+    """(top, left) of a tile of the filmstrip: digit row `row`, column `column`; x̂₀ if guess else x_t."""
+    left = FILMSTRIP_LABEL_W + column * (2 * FILMSTRIP_TILE + FILMSTRIP_GAP + FILMSTRIP_COLUMN_GAP)
+    return (FILMSTRIP_HEADER_H + row * (FILMSTRIP_TILE + FILMSTRIP_GAP),
+            left + guess * (FILMSTRIP_TILE + FILMSTRIP_GAP))
+
+
+def filmstrip(x_t: np.ndarray, x0: np.ndarray, headers: Sequence[tuple[str, str]], row_labels: Sequence[str]) -> np.ndarray:
+    """All ten digits along the reverse process: one row per digit, one column per moment, each column x_t
+    beside x̂₀ under a two-line header (e.g. "25%", "t = 375"). x_t, x0: uint8 [columns, rows, 28, 28].
+    Returns uint8 [H, W]: black tiles (white digits) on white, FILMSTRIP_SCALE× enlarged; see filmstrip_cell."""
+    columns, rows = x_t.shape[:2]
+    bottom, right = filmstrip_cell(rows - 1, columns - 1, True)
+    picture = Image.new("L", (right + FILMSTRIP_TILE, bottom + FILMSTRIP_TILE), 255)
+    draw, text, small = ImageDraw.Draw(picture), font(FILMSTRIP_FONT_PX), font(FILMSTRIP_FONT_PX - 4)
+    line = FILMSTRIP_FONT_PX + 8
+    for c, header in enumerate(headers):
+        top, left = filmstrip_cell(0, c, False)
+        middle = left + FILMSTRIP_TILE + FILMSTRIP_GAP // 2
+        for k, words in enumerate(header):
+            draw.text((middle, FILMSTRIP_TOP + k * line), words, fill=0, font=text, anchor="mt")
+        for guess, name in ((False, "xₜ"), (True, "x̂₀")):
+            draw.text((filmstrip_cell(0, c, guess)[1] + FILMSTRIP_TILE // 2, top - 4), name, fill=80, font=small,
+                      anchor="mb")
+        for r in range(rows):
+            for guess, image in ((False, x_t[c, r]), (True, x0[c, r])):
+                picture.paste(Image.fromarray(enlarge(image, FILMSTRIP_SCALE)), filmstrip_cell(r, c, guess)[::-1])
+    for r, label in enumerate(row_labels):
+        top = filmstrip_cell(r, 0, False)[0]
+        draw.text((FILMSTRIP_LABEL_W // 2 - 4, top + FILMSTRIP_TILE // 2), label, fill=0, font=text, anchor="mm")
+    return np.asarray(picture)

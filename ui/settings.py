@@ -49,3 +49,12 @@ CSS = """
 .sample-card .miss { color: #c2410c; font-weight: 600; }
 """
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
+
+# --- Reverse process: playback in the browser, and all ten digits as one filmstrip ----------------------
+PLAYER_IMAGE_PX = 256            # x_t and x̂₀ in the player: 28 px shown 256 px wide, pixelated
+PLAYER_MIN_FPS, PLAYER_MAX_FPS = 1, 30  # the player's speed slider, frames a second
+PLAYER_SECONDS = 4               # a run starts playing at the speed that shows all its frames in about this long
+GIF_SECONDS = 4                  # the GIF lasts about this long too (each frame at least GIF_FRAME_MS)
+FILMSTRIP_PERCENTS = (0, 10, 25, 50, 75, 90, 100)  # the filmstrip's columns: % of the reverse process
+FILMSTRIP_SCALE = 3              # 28 px -> 84 px per digit in the filmstrip
+FILMSTRIP_FONT_PX = 24           # its headers (≥ 12 pt when the 1400 px-wide image fills a projector)
