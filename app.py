@@ -18,6 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent
 DEFAULT_UNET = REPO / "checkpoints" / "unet"
 DEFAULT_CLASSIFIER = REPO / "checkpoints" / "classifier"
+DEFAULT_NOISE_CLASSIFIER = REPO / "checkpoints" / "noise_classifier"
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -48,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="diffusion checkpoint stem (default: $DIFFUSION_UNET or checkpoints/unet)")
     p.add_argument("--classifier", default=os.environ.get("DIFFUSION_CLASSIFIER", str(DEFAULT_CLASSIFIER)),
                    help="classifier checkpoint stem (default: $DIFFUSION_CLASSIFIER or checkpoints/classifier)")
+    p.add_argument("--noise-classifier", default=os.environ.get("DIFFUSION_NOISE_CLASSIFIER", str(DEFAULT_NOISE_CLASSIFIER)),
+                   help="noise-aware classifier checkpoint stem, for the reverse process "
+                        "(default: $DIFFUSION_NOISE_CLASSIFIER or checkpoints/noise_classifier)")
     p.add_argument("--clip-model", default=os.environ.get("DIFFUSION_CLIP_MODEL"),
                    help="open_clip architecture (default: $DIFFUSION_CLIP_MODEL or ViT-B-32)")
     p.add_argument("--clip-pretrained", default=os.environ.get("DIFFUSION_CLIP_PRETRAINED"),
@@ -77,7 +81,7 @@ def main(argv=None) -> None:
     # server's thread, which takes it back after every torch op, is not kept waiting by the others.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     classroom = ui.load_classroom(args.unet, args.classifier, args.clip_model, args.clip_pretrained,
-                                  device=args.device, bf16=args.bf16)
+                                  device=args.device, bf16=args.bf16, noise_classifier=args.noise_classifier)
     stop_on_sigterm()
     try:
         ui.launch(ui.build_app(classroom), *server_address(args.host, args.port))

@@ -84,6 +84,20 @@ def classifier_scores(classifier, images: np.ndarray, digits: Sequence[int]) -> 
     return ClassifierScores(probs, probs.argmax(1), probs[np.arange(len(digits)), digits])
 
 
+def noisy_image_scores(classifier, images: np.ndarray, t: Sequence[int], digits: Sequence[int]) -> ClassifierScores:
+    """Score noisy images x_t with a `NoiseAwareClassifier` (`diffusion.classifier.load_noise_classifier()`).
+
+    images: uint8 [N,28,28] (x_t as shown, clipped to [-1,1]); t: the N time steps (0 = clean, T = pure noise);
+    digits: the N requested digits.
+    """
+    images, digits = _check_samples(images, digits)
+    t = np.asarray(t, dtype=np.int64)
+    if t.shape != (len(images),) or t.min() < 0 or t.max() > classifier.schedule.num_train_steps:
+        raise ValueError(f"t must be {len(images)} time steps from 0 to {classifier.schedule.num_train_steps}")
+    probs = classifier.predict_proba(to_model_range(images), torch.from_numpy(t)).numpy()
+    return ClassifierScores(probs, probs.argmax(1), probs[np.arange(len(digits)), digits])
+
+
 # --- CLIP -------------------------------------------------------------------------------------------
 
 class ClipUnavailable(RuntimeError):

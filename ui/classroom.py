@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from diffusion.checkpoints import read_config
-from diffusion.classifier import load_classifier
+from diffusion.classifier import DEFAULT_NOISE_CLASSIFIER, load_classifier, load_noise_classifier
 from diffusion.data import load_shipped_digits, shipped_test_index
 from diffusion.pipeline import DigitDiffusion, load_pipeline
 from diffusion.requests import SamplingRequest, check_sampling_request, max_inference_steps
-from diffusion.scoring import ClassifierScores, ClipScores, ClipUnavailable, LazyClip, classifier_scores
+from diffusion.scoring import (ClassifierScores, ClipScores, ClipUnavailable, LazyClip, classifier_scores,
+                               noisy_image_scores)
 from diffusion.server import NetworkServer
 
 from .settings import HANDLER_NICENESS, MAX_IN_FLIGHT_PER_CLIENT, MAX_RUN_STORE_BYTES, MAX_SAMPLES, MAX_WORK
@@ -137,8 +138,9 @@ class RunStore:
 class Classroom:
     """The loaded models and the services the tabs share."""
 
-    def __init__(self, pipe: DigitDiffusion, classifier, clip: LazyClip, classifier_config: dict):
+    def __init__(self, pipe: DigitDiffusion, classifier, clip: LazyClip, classifier_config: dict, noise_classifier):
         self.pipe, self.classifier, self.clip, self.classifier_config = pipe, classifier, clip, classifier_config
+        self.noise_classifier = noise_classifier  # reads noisy x_t: says when a digit becomes recognisable
         self.server = NetworkServer(pipe.model, pipe.schedule, warm_up=True)  # every sampling request shares it
         self._clip_lock = threading.Lock()  # one CLIP evaluation at a time: it is the heaviest network here
         self.work_folder = Path(tempfile.mkdtemp(prefix="mnist-diffusion-app-"))  # GIFs and plots
@@ -164,14 +166,15 @@ class Classroom:
         return max_inference_steps(sampler, self.pipe.num_train_steps)
 
     def sampling_request(self, digit, samples_per_digit, guidance, sampler, steps, seed, *,
-                         allow_all: bool = True, sweep_size: int = 1) -> SamplingRequest:
+                         allow_all: bool = True, sweep_size: int = 1, max_samples: int = MAX_SAMPLES,
+                         max_work: int = MAX_WORK) -> SamplingRequest:
         """Check a request from a page (digit may be 'all') and bound its work; raises gr.Error naming the bad value."""
         asked = digit_set(digit, allow_all)
         with user_errors():
             return check_sampling_request(asked, samples_per_digit=samples_per_digit, guidance=guidance,
                                           sampler=sampler, steps=steps, seed=seed,
-                                          num_train_steps=self.pipe.num_train_steps, max_samples=MAX_SAMPLES,
-                                          max_work=MAX_WORK, sweep_size=sweep_size)
+                                          num_train_steps=self.pipe.num_train_steps, max_samples=max_samples,
+                                          max_work=max_work, sweep_size=sweep_size)
 
     # --- scores ----------------------------------------------------------------------------------------
     def score(self, images: np.ndarray, digits, prompts: tuple[str, ...]) -> Scores:
@@ -203,9 +206,25 @@ class Classroom:
         """`diffusion.scoring.classifier_scores`, on the classifier's thread."""
         return self.scorer.submit(classifier_scores, self.classifier, images, digits).result()
 
+    def noisy_image_scores(self, images: np.ndarray, t, digits) -> ClassifierScores:
+        """The noise-aware classifier's scores of x_t images (uint8 [N,28,28]) at time steps t ([N] ints in
+        0..T; T for pure noise x_T), on the classifier's thread (`diffusion.scoring.noisy_image_scores`)."""
+        return self.scorer.submit(noisy_image_scores, self.noise_classifier, images, t, digits).result()
+
+    def noisy_probabilities(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise-aware classifier's probabilities [B,10] for x_t [B,1,28,28] (float) at time steps t [B],
+        on the classifier's thread (the judge `diffusion.recognisability` asks)."""
+        return self.scorer.submit(self.noise_classifier.predict_proba, x, t).result()
+
 
 def load_classroom(unet: str, classifier: str, clip_model: str | None, clip_pretrained: str | None, *,
-                   device: str = "cpu", bf16: bool | None = None) -> Classroom:
+                   device: str = "cpu", bf16: bool | None = None,
+                   noise_classifier: str = str(DEFAULT_NOISE_CLASSIFIER)) -> Classroom:
     """Load the checkpoints (CLIP only later, in the background, when first needed)."""
     pipe = load_pipeline(unet, bf16=bf16, device=device)
-    return Classroom(pipe, load_classifier(classifier), LazyClip(clip_model, clip_pretrained), read_config(classifier))
+    noise_aware = load_noise_classifier(noise_classifier)
+    if noise_aware.schedule.to_config() != pipe.schedule.to_config():
+        raise ValueError(f"the noise-aware classifier {noise_classifier} was trained for another noise schedule "
+                         f"({noise_aware.schedule.to_config()}) than the diffusion model's ({pipe.schedule.to_config()})")
+    return Classroom(pipe, load_classifier(classifier), LazyClip(clip_model, clip_pretrained), read_config(classifier),
+                     noise_aware)
