@@ -5,6 +5,7 @@
     >>> digits = pipe.generate([3, 1, 4], seed=0)   # uint8 [3,28,28], 0 = background, 255 = ink
     >>> for step in pipe.denoising_steps([7]):      # every intermediate x_t and x̂_0, for animations
     ...     print(step.index, step.t)
+    >>> eights = pipe.edit([8] * 4, digits[0], strength=0.6)   # SDEdit: re-imagine the 3 as an 8
 
 The defaults, the limits and the request check live in `requests.py`.
 """
@@ -17,10 +18,11 @@ import numpy as np
 import torch
 
 from .checkpoints import CHECKPOINT_DIR, load_module
+from .editing import prepare_run
 from .data import to_uint8
 from .model import ClassConditionalUNet, bf16_is_fast, build_unet
 from .requests import (DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_INTERVAL, DEFAULT_SAMPLER, DEFAULT_STEPS,
-                       SamplingRequest, check_sampling_request)
+                       SamplingRequest, check_edit_request, check_sampling_request)
 from .sampling import SamplerStep, has_guidance_head, is_guided_step, sample_steps, timestep_sequence
 from .schedules import NoiseSchedule
 
@@ -63,9 +65,10 @@ class DigitDiffusion:
     def run(self, request: SamplingRequest) -> Iterator[SamplerStep]:
         """Yield a `SamplerStep` (x_t and x̂_0, float [B,1,28,28] in [-1,1]) after each step of a checked request."""
         generator = torch.Generator().manual_seed(request.seed)
+        sampler, x_T = prepare_run(request, self.schedule, generator, next(self.model.parameters()).device)
         yield from sample_steps(self.model, self.schedule, torch.tensor(request.digits), guidance=request.guidance,
-                                sampler=request.sampler, num_inference_steps=request.num_inference_steps,
-                                eta=request.eta, generator=generator, guidance_interval=request.guidance_interval)
+                                sampler=sampler, x_T=x_T, generator=generator,
+                                guidance_interval=request.guidance_interval)
 
     def denoising_steps(self, digits: Sequence[int], **settings) -> Iterator[SamplerStep]:
         """Yield a `SamplerStep` (x_t and x̂_0, float [B,1,28,28] in [-1,1]) after each step.
@@ -81,6 +84,20 @@ class DigitDiffusion:
         """
         last = None
         for last in self.denoising_steps(digits, **settings):
+            pass
+        return to_uint8(last.x)
+
+    def check_edit(self, digits: Sequence[int], image, *, strength: float, keep_mask=None, resample: int = 1,
+                   **settings) -> SamplingRequest:
+        """A checked edit of `image` (uint8 [28,28]) into each of `digits`: SDEdit at strength s in [0,1], or
+        with keep_mask ([28,28], 1 = keep) inpainting (see `editing.py`); settings as `check_request`."""
+        return check_edit_request(self.check_request(digits, **settings), image, strength=strength,
+                                  keep_mask=keep_mask, resample=resample, num_train_steps=self.num_train_steps)
+
+    def edit(self, digits: Sequence[int], image, **options) -> np.ndarray:
+        """The edited digits as uint8 [N,28,28]. options: as `check_edit` (the same seed gives the same images)."""
+        last = None
+        for last in self.run(self.check_edit(digits, image, **options)):
             pass
         return to_uint8(last.x)
 

@@ -10,10 +10,13 @@ its worst digit stays at 98.5 % where w = 0.5 drops to 97.5 %.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import reprlib
 from dataclasses import dataclass
 from typing import Sequence
+
+import numpy as np
 
 from .sampling import EVERY_STEP, SAMPLERS
 
@@ -23,12 +26,18 @@ DEFAULT_GUIDANCE = 0.6
 DEFAULT_GUIDANCE_INTERVAL = EVERY_STEP
 
 MAX_GUIDANCE = 8.0        # beyond this digits only get harsher
+# The course's guidance runs from w = -2 to 2. Below 0 it steers *away* from the label: at w = -1,
+# ε = (1+w)·ε(x,c) − w·ε(x,∅) is exactly ε(x,∅), an unconditional sample; below -1 the digit is avoided.
+MIN_GUIDANCE = -2.0
 MAX_FEW_STEPS = 100       # ddim, dpm++2m, dpm++2m-sde gain nothing beyond; ddpm may use every step, up to T
 MAX_SEED = 2**32 - 1
 MAX_SAMPLES_PER_CALL = 10_000  # the Python API (evaluation draws 2,000 in batches)
 # A web request's bounds, on a 2-core machine: the app passes these to `check_sampling_request`.
 MAX_SAMPLES = 100         # samples per request
 MAX_WORK = 5_000          # samples × steps per request (× the number of w values in a sweep)
+MAX_RESAMPLE = 10         # inpainting: RePaint's resamplings per step
+INPAINT_SAMPLERS = ("ddpm", "ddim")  # one-step samplers: a RePaint resampling re-takes a step, which a multistep
+                                     # solver's memory of the previous step would not allow
 
 
 @dataclass(frozen=True)
@@ -44,14 +53,19 @@ class SamplingRequest:
     seed: int
     eta: float = 0.0
     guidance_interval: tuple[float, float] = DEFAULT_GUIDANCE_INTERVAL
+    # Editing (see editing.py): start from this digit (uint8 28×28, as 784 bytes) noised to strength s ...
+    init_image: bytes | None = None
+    strength: float = 1.0
+    # ... and, inpainting, regenerate only where keep_mask (784 bytes) is 0, with RePaint's resamplings
+    keep_mask: bytes | None = None
+    resample: int = 1
 
     @property
     def num_samples(self) -> int:
         return len(self.digits)
 
     def with_guidance(self, guidance: float) -> "SamplingRequest":
-        return SamplingRequest(self.digits, self.samples_per_digit, guidance, self.sampler, self.num_inference_steps,
-                               self.seed, self.eta, self.guidance_interval)
+        return dataclasses.replace(self, guidance=guidance)
 
 
 def max_inference_steps(sampler: str, num_train_steps: int) -> int:
@@ -114,7 +128,7 @@ def check_sampling_request(digits: Sequence[int], *, samples_per_digit=1, guidan
                              1, max(1, max_samples // len(asked)))
     if len(asked) * per_digit > max_samples:
         raise ValueError(f"at most {max_samples} samples per call, got {len(asked) * per_digit}")
-    guidance = real_number("guidance w", guidance, 0, MAX_GUIDANCE)
+    guidance = real_number("guidance w", guidance, MIN_GUIDANCE, MAX_GUIDANCE)
     if not isinstance(sampler, str) or sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {short_repr(sampler)}")
     steps = whole_number(f"steps for {sampler}", steps, 1, max_inference_steps(sampler, num_train_steps))
@@ -127,9 +141,57 @@ def check_sampling_request(digits: Sequence[int], *, samples_per_digit=1, guidan
     if not 0 <= lo <= hi <= 1:
         raise ValueError(f"guidance_interval must be (lo, hi) with 0 ≤ lo ≤ hi ≤ 1, got {short_repr(guidance_interval)}")
     samples = tuple(d for d in asked for _ in range(per_digit))
-    work = len(samples) * steps * sweep_size
+    return _bounded(SamplingRequest(samples, per_digit, guidance, sampler, steps, seed, eta, (lo, hi)),
+                    max_work, sweep_size)
+
+
+def _bounded(request: SamplingRequest, max_work: int | None, sweep_size: int = 1) -> SamplingRequest:
+    """The request, if its network evaluations (samples × steps × resamplings × sweep) fit in max_work."""
+    samples, steps = request.num_samples, request.num_inference_steps
+    work = samples * steps * request.resample * sweep_size
     if max_work is not None and work > max_work:
         sweep = f" × {sweep_size} values of w" if sweep_size > 1 else ""
-        raise ValueError(f"too much work for one request: {len(samples)} samples × {steps} steps{sweep} = "
+        sweep += f" × {request.resample} resamplings" if request.resample > 1 else ""
+        raise ValueError(f"too much work for one request: {samples} samples × {steps} steps{sweep} = "
                          f"{work:,} (at most {max_work:,}); ask for fewer samples or steps")
-    return SamplingRequest(samples, per_digit, guidance, sampler, steps, seed, eta, (lo, hi))
+    return request
+
+
+def edit_start_t(strength: float, num_train_steps: int) -> int | None:
+    """Where an edit starts: t = round(strength·T), at least 1; None for strength 1 (pure noise, as generating)."""
+    return None if strength >= 1 else max(1, round(strength * num_train_steps))
+
+
+def check_edit_request(request: SamplingRequest, image, *, strength, keep_mask=None, resample=1,
+                       num_train_steps: int, max_work: int | None = None) -> SamplingRequest:
+    """Make a checked sampling request an edit of `image`; raises ValueError with a message meant for the user.
+
+    image: uint8 [28,28] (MNIST's form: light ink on black); strength: 0..1, how much noise to add first
+    (t = strength·T); keep_mask: None (SDEdit: re-imagine the whole digit) or [28,28] of 0/1 or bools,
+    1 = keep the pixel, 0 = regenerate it (inpainting); resample: RePaint's resamplings per step.
+    The steps are capped at the start t (a weak edit takes few steps).
+    """
+    image = np.asarray(image)
+    if image.shape != (28, 28) or image.dtype != np.uint8:
+        raise ValueError(f"the image must be 28×28 uint8 pixels, got {image.dtype} {list(image.shape)}")
+    strength = real_number("strength s", strength, 0, 1)
+    start_t = edit_start_t(strength, num_train_steps)
+    steps = request.num_inference_steps if start_t is None else min(request.num_inference_steps, start_t)
+    mask_bytes = None
+    if keep_mask is not None:
+        keep = np.asarray(keep_mask)
+        if keep.shape != (28, 28) or not (keep.dtype == bool or np.isin(keep, (0, 1)).all()):
+            raise ValueError(f"the mask must be 28×28 values of 0 (regenerate) or 1 (keep), got {keep.dtype} "
+                             f"{list(keep.shape)}")
+        if keep.all():
+            raise ValueError("the mask is empty: mark the part of the digit to regenerate")
+        if request.sampler not in INPAINT_SAMPLERS:
+            raise ValueError(f"inpainting needs a one-step sampler ({' or '.join(INPAINT_SAMPLERS)}), "
+                             f"got {short_repr(request.sampler)}")
+        mask_bytes = keep.astype(np.uint8).tobytes()
+        resample = whole_number("resamplings per step", resample, 1, MAX_RESAMPLE)
+    else:
+        resample = 1
+    edit = dataclasses.replace(request, num_inference_steps=steps, init_image=image.tobytes(), strength=strength,
+                               keep_mask=mask_bytes, resample=resample)
+    return _bounded(edit, max_work)

@@ -59,6 +59,20 @@ def conditional_and_unconditional_eps(model: torch.nn.Module, x: torch.Tensor, t
     return model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, labels]), mask).split(B)
 
 
+@torch.inference_mode()
+def guidance_components(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor,
+                        labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What classifier-free guidance combines, for showing: (ε(x,c), ε(x,∅), ε(x,c) − ε(x,∅)), each
+    [B,1,28,28] float32. x: [B,1,28,28]; t: [B] time steps; labels: [B] digits 0..9. A network with a
+    guidance head gives ε(x,c) and the direction from one pass, so there ε(x,∅) = ε(x,c) − direction."""
+    net_dtype = next(model.parameters()).dtype
+    if has_guidance_head(model):
+        eps_cond, direction = (e.float() for e in model.eps_and_direction(x.to(net_dtype), t, labels))
+        return eps_cond, eps_cond - direction, direction
+    eps_cond, eps_uncond = (e.float() for e in conditional_and_unconditional_eps(model, x.to(net_dtype), t, labels))
+    return eps_cond, eps_uncond, eps_cond - eps_uncond
+
+
 def has_guidance_head(model: torch.nn.Module) -> bool:
     """Whether one pass of `model` gives the guided ε (see `model.add_guidance_head`)."""
     config = getattr(model, "config", None)
@@ -74,15 +88,19 @@ START_ALPHA_BAR = 4e-3
 
 
 def timestep_sequence(schedule: NoiseSchedule, num_inference_steps: int,
-                      start_alpha_bar: float = START_ALPHA_BAR) -> list[int]:
+                      start_alpha_bar: float = START_ALPHA_BAR, start_t: int | None = None) -> list[int]:
     """S evaluation times, evenly spaced and decreasing to 1, e.g. [480, 427, …, 1] for T = 500, S = 10.
 
     With S = T this is every step T, T-1, …, 1 (the course's DDPM). With fewer steps the sequence
-    starts at the last t whose ᾱ_t ≥ start_alpha_bar (see above; 0 starts at T).
+    starts at the last t whose ᾱ_t ≥ start_alpha_bar (see above; 0 starts at T). start_t: start there
+    instead (editing starts from a noised image x_t, not from pure noise); then S ≤ start_t.
     """
     T, S = schedule.num_train_steps, num_inference_steps
-    if isinstance(S, bool) or not isinstance(S, int) or not 1 <= S <= T:
-        raise ValueError(f"steps must be an integer from 1 to {T}, got {S!r}")
+    top = T if start_t is None else start_t
+    if isinstance(S, bool) or not isinstance(S, int) or not 1 <= S <= top <= T:
+        raise ValueError(f"steps must be an integer from 1 to {top}, got {S!r}")
+    if start_t is not None:
+        return torch.linspace(start_t, 1, S, dtype=torch.float64).round().long().tolist() if S > 1 else [start_t]
     if S == T:
         return list(range(T, 0, -1))
     t_start = max(int((schedule.alpha_bar[1:] >= start_alpha_bar).sum()), S)
@@ -167,9 +185,9 @@ class Sampler:
     stochastic = True  # draws fresh noise at some step
 
     def __init__(self, schedule: NoiseSchedule, num_inference_steps: int, *, eta: float = 0.0,
-                 start_alpha_bar: float = START_ALPHA_BAR, clip_x0: bool = True):
+                 start_alpha_bar: float = START_ALPHA_BAR, clip_x0: bool = True, start_t: int | None = None):
         self.schedule, self.eta, self.clip_x0 = schedule, eta, clip_x0
-        self.timesteps = timestep_sequence(schedule, num_inference_steps, start_alpha_bar)
+        self.timesteps = timestep_sequence(schedule, num_inference_steps, start_alpha_bar, start_t)
         self._next = dict(zip(self.timesteps, self.timesteps[1:] + [0]))
 
     def step(self, eps: torch.Tensor, t: int, x: torch.Tensor, generator: Generators = None) -> StepOutput:
@@ -278,14 +296,14 @@ SAMPLERS = tuple(SAMPLER_CLASSES)
 
 
 def make_sampler(name: str, schedule: NoiseSchedule, num_inference_steps: int, **options) -> Sampler:
-    """A fresh sampler by name (one of SAMPLERS); options: eta, start_alpha_bar, clip_x0."""
+    """A fresh sampler by name (one of SAMPLERS); options: eta, start_alpha_bar, clip_x0, start_t."""
     if name not in SAMPLER_CLASSES:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     return SAMPLER_CLASSES[name](schedule, num_inference_steps, **options)
 
 
 def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.Tensor, *,
-                 guidance: float | torch.Tensor = 0.0, sampler: str = "dpm++2m", num_inference_steps: int = 10,
+                 guidance: float | torch.Tensor = 0.0, sampler: str | Sampler = "dpm++2m", num_inference_steps: int = 10,
                  eta: float = 0.0, generator: Generators = None,
                  x_T: torch.Tensor | None = None, clip_x0: bool = True,
                  start_alpha_bar: float = START_ALPHA_BAR,
@@ -293,7 +311,8 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
     """Run the reverse process, yielding a `SamplerStep` after every step.
 
     labels: [B] digits 0..9 (one sample per entry); guidance: w (float or [B]);
-    sampler: one of SAMPLERS; num_inference_steps: network evaluations, 1..T; eta: DDIM noise (0 = deterministic);
+    sampler: one of SAMPLERS (or a ready `Sampler`, e.g. from editing.prepare_run: then num_inference_steps,
+    eta, start_alpha_bar and clip_x0 are its own); num_inference_steps: network evaluations, 1..T; eta: DDIM noise;
     generator: seeds x_T and any per-step noise, so the same seed gives the same samples
         (or a list of (generator, rows) for a batch made of several requests);
     x_T: optional starting noise [B,1,28,28] (default: drawn from `generator`);
@@ -301,8 +320,8 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
     guidance_interval: (lo, hi) fractions of T; guidance applies only at steps with lo ≤ t/T ≤ hi and
     the other steps use the plain conditional ε (one network evaluation instead of two).
     """
-    solver = make_sampler(sampler, schedule, num_inference_steps, eta=eta, start_alpha_bar=start_alpha_bar,
-                          clip_x0=clip_x0)
+    solver = sampler if not isinstance(sampler, str) else make_sampler(
+        sampler, schedule, num_inference_steps, eta=eta, start_alpha_bar=start_alpha_bar, clip_x0=clip_x0)
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, device=device).long().reshape(-1)
     B = labels.shape[0]

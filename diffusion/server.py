@@ -28,6 +28,7 @@ results are kept.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import itertools
 import threading
 import time
@@ -42,7 +43,8 @@ import torch
 from .data import to_uint8
 from .model import ClassConditionalUNet, FrozenUNet
 from .requests import SamplingRequest
-from .sampling import Sampler, SamplerStep, guided_eps, initial_noise, is_guided_step, make_sampler
+from .editing import prepare_run
+from .sampling import Sampler, SamplerStep, guided_eps, is_guided_step
 from .schedules import NoiseSchedule
 
 # Measured on the 2-core test machine (bf16, 2 threads): per sample, a batch of 10 costs 0.93 ms, 30 cost
@@ -106,6 +108,7 @@ class Run:
     generator: torch.Generator
     arrival: int
     stream: bool
+    keep_history: bool = True  # a streamed run keeps its steps for late listeners and the cache
     steps_done: int = 0
     last_served: int = 0
     history: list[SamplerStep] = field(default_factory=list)
@@ -117,6 +120,11 @@ class Run:
     @property
     def rows(self) -> int:
         return len(self.labels)
+
+    @property
+    def slot(self) -> tuple:
+        """Its key among the active runs: identical requests share a run, except runs that keep no history."""
+        return (self.key, self.stream) if self.keep_history else (self.key, "unshared", self.arrival)
 
     @property
     def total(self) -> int:
@@ -221,23 +229,25 @@ class NetworkServer:
         self._worker.start()
 
     # --- the callers' side ----------------------------------------------------------------------------
-    def submit(self, request: SamplingRequest, stream: bool = False) -> RunHandle:
-        """Start (or join an identical) run for a checked request. stream: follow every step."""
+    def submit(self, request: SamplingRequest, stream: bool = False, keep_history: bool = True) -> RunHandle:
+        """Start (or join an identical) run for a checked request. stream: follow every step.
+        keep_history=False (with stream): the steps go to this caller alone and are not kept, for a run of
+        many samples (200 samples × 500 steps of history would take 630 MB); such a run is never shared."""
         with self._lock:
-            return self._submit(request, stream)
+            return self._submit(request, stream, keep_history or not stream)
 
-    def _submit(self, request: SamplingRequest, stream: bool) -> RunHandle:
+    def _submit(self, request: SamplingRequest, stream: bool, keep_history: bool = True) -> RunHandle:
         """(lock held) See `submit`."""
         key = request_key(request)
         if self._closed:
             raise RuntimeError("the network server is closed")
-        cached = self._from_cache(key, stream)
+        cached = self._from_cache(key, stream) if keep_history else None
         if cached is not None:
             return cached
-        run = self._active.get((key, stream))  # a streamed run keeps its history; a plain one need not
+        run = self._active.get((key, stream)) if keep_history else None  # a streamed run keeps its history
         if run is None or run.cancelled:
-            run = self._new_run(key, request, stream)
-            self._active[(key, stream)] = run
+            run = self._new_run(key, request, stream, keep_history)
+            self._active[run.slot] = run
             self._lock.notify()
         run.waiters += 1
         listener = None
@@ -273,14 +283,13 @@ class NetworkServer:
             self._worker.join(timeout=30)
 
     # --- bookkeeping (with the lock held) -----------------------------------------------------------
-    def _new_run(self, key: tuple, request: SamplingRequest, stream: bool) -> Run:
+    def _new_run(self, key: tuple, request: SamplingRequest, stream: bool, keep_history: bool = True) -> Run:
         generator = torch.Generator().manual_seed(request.seed)
-        x_T = initial_noise(request.num_samples, generator, self.device)
-        sampler = make_sampler(request.sampler, self.schedule, request.num_inference_steps, eta=request.eta)
+        sampler, x_T = prepare_run(request, self.schedule, generator, self.device)
         run = Run(key=key, labels=torch.tensor(request.digits, dtype=torch.long, device=self.device),
                   guidance=request.guidance, guidance_interval=request.guidance_interval, sampler=sampler,
                   x=x_T, generator=generator, arrival=next(self._arrivals), stream=stream,
-                  last_served=self._tick)
+                  keep_history=keep_history, last_served=self._tick)
         if stream:  # step 0: x_T itself, so a listener's first frame is the starting noise
             run.history.append(SamplerStep(index=0, total=run.total, t=sampler.timesteps[0], x=x_T, x0=None))
         return run
@@ -370,7 +379,7 @@ class NetworkServer:
             stepped.append((run, SamplerStep(index=run.steps_done, total=run.total, t=out.t, x=out.x, x0=out.x0)))
         with self._lock:  # listeners hear of the tick once it is over
             for run, step in stepped:
-                if run.stream:
+                if run.stream and run.keep_history:
                     run.history.append(step)
                 for listener in run.listeners:
                     listener.put(step)
@@ -410,11 +419,11 @@ class NetworkServer:
     def _finish(self, run: Run) -> None:
         """(lock held) The run's final images to its result, its listeners and the caches."""
         images = to_uint8(run.x.clamp(-1, 1))
-        self._active.pop((run.key, run.stream), None)
+        self._active.pop(run.slot, None)
         self._finished[run.key] = images
         while len(self._finished) > RESULT_CACHE_SIZE:
             self._finished.popitem(last=False)
-        if run.stream:  # the cache keeps the steps, compactly; the run (its callers may hold it) lets go of them
+        if run.stream and run.keep_history:  # the cache keeps the steps, compactly; the run lets go of them
             self._histories[run.key], run.history = compact(run.history), []
             while len(self._histories) > HISTORY_CACHE_SIZE:
                 self._histories.popitem(last=False)
@@ -427,8 +436,8 @@ class NetworkServer:
     def _fail(self, runs: list[Run], error: BaseException) -> None:
         """(lock held) End runs with an error their callers see."""
         for run in runs:
-            if self._active.get((run.key, run.stream)) is run:
-                del self._active[(run.key, run.stream)]
+            if self._active.get(run.slot) is run:
+                del self._active[run.slot]
             for listener in run.listeners:
                 listener.put(error)
             if not run.result.done():
@@ -463,6 +472,6 @@ def release_free_memory() -> None:
 
 
 def request_key(request: SamplingRequest) -> tuple:
-    """What fixes a request's result: equal keys give equal images."""
-    return (request.digits, request.guidance, request.sampler, request.num_inference_steps, request.seed,
-            request.eta, request.guidance_interval)
+    """What fixes a request's result: equal keys give equal images (every field but samples_per_digit, which
+    `digits` already spells out)."""
+    return tuple(getattr(request, f.name) for f in dataclasses.fields(request) if f.name != "samples_per_digit")

@@ -55,7 +55,7 @@ def test_cli_defaults_are_the_app_defaults():
 
 @pytest.mark.parametrize("bad, message", [
     (dict(digits=[10]), "from 0 to 9"), (dict(digits=[]), "non-empty"), (dict(digits=["x"]), "each digit must be a whole number"),
-    (dict(guidance=float("nan")), "finite"), (dict(guidance=float("inf")), "finite"), (dict(guidance=-1.0), "from 0"),
+    (dict(guidance=float("nan")), "finite"), (dict(guidance=float("inf")), "finite"), (dict(guidance=-2.5), "from -2 to 8"),
     (dict(num_inference_steps=0), "steps"), (dict(num_inference_steps=10**6), "steps"),
     (dict(num_inference_steps=2.5), "steps"), (dict(sampler="euler"), "sampler"),
     (dict(guidance_interval=(0.7, 0.2)), "guidance_interval"), (dict(guidance_interval=(-0.1, 1.0)), "guidance_interval"),

@@ -117,6 +117,21 @@ def test_identical_requests_are_computed_once_and_late_listeners_get_every_step(
         server.close()
 
 
+def test_a_stream_without_history_keeps_no_steps_and_gives_the_same_frames(tiny_random_pipe, server):
+    """A many-sample experiment follows its steps without the server keeping them (and is not shared)."""
+    same = request([3, 8, 1], steps=5, seed=2)
+    kept = list(server.submit(same, stream=True).steps())
+    light = server.submit(same, stream=True, keep_history=False)
+    steps = list(light.steps())
+    assert [s.index for s in steps] == list(range(6))
+    for a, b in zip(kept, steps):
+        assert torch.allclose(a.x, b.x, atol=1e-5)
+    run = light._run
+    assert not run.keep_history and len(run.history) <= 1  # only x_T, never the steps
+    assert not any(r.keep_history is False for r in server._active.values())  # it left when it finished
+    assert_same_images(light.result(), server.submit(same).result())
+
+
 def test_closing_a_stream_cancels_its_run_and_frees_the_server(tiny_random_pipe):
     gate = Gate(tiny_random_pipe.model)
     server = NetworkServer(gate, tiny_random_pipe.schedule)

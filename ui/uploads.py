@@ -63,10 +63,10 @@ def read_uploaded_bytes(payload, what: str) -> bytes:
     return data
 
 
-def read_digit(payload, what: str) -> np.ndarray:
+def read_digit(payload, what: str, mnist_frame: bool = False) -> np.ndarray:
     """An uploaded image as a digit, uint8 [28,28] (see `digit_from_bytes`)."""
     data = read_uploaded_bytes(payload, what)
     try:
-        return digit_from_bytes(data)
+        return digit_from_bytes(data, mnist_frame=mnist_frame)
     except NotADigitImage as e:
         raise invalid(f"{what}: {e}") from None
