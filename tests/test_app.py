@@ -324,7 +324,7 @@ def test_how_it_works_reads_the_real_numbers_from_the_checkpoint(classroom):
 BAD_INPUTS = [
     ("/generate", {"digit": 12}, "digit must be a digit from 0 to 9 or 'all'"),
     ("/generate", {"digit": "seven"}, "digit must be"),
-    ("/generate", {"guidance": -1}, "guidance w must be a finite number from 0 to 8"),
+    ("/generate", {"guidance": -2.5}, "guidance w must be a finite number from -2 to 8"),
     ("/generate", {"guidance": 1e9}, "guidance w must be a finite number"),
     ("/generate", {"guidance": "strong"}, "guidance w must be a finite number"),
     ("/generate", {"guidance": None}, "guidance w must be a finite number"),

@@ -4,13 +4,19 @@
     generate       Generate: samples with the classifier's and CLIP's scores, the guidance sweep
     reverse        Reverse process: denoising, frame by frame
     forward        Forward noising: x_t under any β schedule
+    training       Training: the loss and the samples over training, and what the loss means
+    edit           Edit: re-imagine a digit as another (SDEdit), inpaint part of one
+    lab            Lab: experiments (recognisability per digit, the context mask, why gradual, difficulty, limits)
     how_it_works   How it works: the explanations (how_it_works.md) with the model's real numbers
     controls, validation, rendering, settings: shared widgets, input checks, pictures, limits
 
 Every action is an API endpoint whose parameters all have defaults (see the README):
     /generate  /guidance_sweep  /clip_status                 (Generate tab)
-    /reverse_process  /show_frame                            (Reverse process tab)
+    /reverse_process  /show_frame  /all_ten                  (Reverse process tab)
     /shipped_digit  /load_image  /load_drawing  /forward_noising  /noise_at_t   (Forward noising tab)
+    /training_snapshots  /noise_prediction                   (Training tab)
+    /edit  /inpaint                                          (Edit tab)
+    /recognisability  /conditioning  /why_gradual  /difficulty  (Lab tab)
 """
 from __future__ import annotations
 
@@ -21,9 +27,12 @@ from . import how_it_works
 from .classroom import Classroom, load_classroom
 from .forward import ForwardTab
 from .generate import GenerateTab
+from .edit import EditTab
 from .guard import RequestGuard
+from .lab import LabTab
 from .reverse import ReverseTab
 from .settings import CSS, MAX_FILE_BYTES, QUEUE_SIZE, SESSION_CAPACITY, UI_ONLY, WORKER_THREADS
+from .training import TrainingTab
 
 __all__ = ["Classroom", "build_app", "launch", "load_classroom"]
 
@@ -42,6 +51,12 @@ def build_app(classroom: Classroom) -> gr.Blocks:
             reverse.layout()
         with gr.Tab("Forward noising", id="forward"):
             forward_event = forward.layout()
+        with gr.Tab("Training", id="training"):
+            TrainingTab(classroom).layout()
+        with gr.Tab("Edit", id="edit"):
+            EditTab(classroom).layout()
+        with gr.Tab("Lab", id="lab"):
+            LabTab(classroom).layout()
         with gr.Tab("How it works", id="how"):
             how_it_works.layout(classroom)
         timer = gr.Timer(2.0, active=True)

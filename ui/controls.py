@@ -9,7 +9,7 @@ from diffusion.requests import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS,
 from diffusion.sampling import SAMPLERS
 
 from .classroom import Classroom
-from .settings import MAX_FEW_STEPS, MAX_GUIDANCE, MAX_SEED, UI_ONLY
+from .settings import MAX_FEW_STEPS, MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE, UI_ONLY
 
 RANDOM_SEED_JS = f"() => Math.floor(Math.random() * {MAX_SEED})"
 
@@ -27,8 +27,9 @@ class SamplingControls:
 def sampling_controls(classroom: Classroom, digit_choices: list, default_digit: str) -> SamplingControls:
     """Digit, w, sampler, steps and seed (with a 🎲 button), defaulting to the engine's evaluated defaults."""
     digit = gr.Radio(digit_choices, value=default_digit, label="Digit")
-    guidance = gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.1, label="Guidance scale w",
-                         info="0 = no guidance; larger = more like the digit, less varied")
+    guidance = gr.Slider(MIN_GUIDANCE, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.1, label="Guidance scale w",
+                         info="0 = no guidance; larger = more like the digit, less varied; "
+                              "-1 = ignore the label (ε(x,∅)); below -1 = steer away from the digit")
     sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler",
                           info="ddpm: the course's sampler (fresh noise every step, many steps); "
                                "ddim, dpm++2m: deterministic, few steps; dpm++2m-sde: few steps "

@@ -6,6 +6,7 @@ import gradio as gr
 
 from diffusion.data import grid_image
 from diffusion.digit_images import pixel_diversity
+from diffusion.recognisability import RECOGNISABLE_PROBABILITY
 from diffusion.requests import is_number
 from diffusion.scoring import DEFAULT_QUALITY_PROMPTS
 
@@ -13,7 +14,7 @@ from .classroom import Classroom, yield_to_the_network
 from .controls import RANDOM_SEED_JS, sampling_controls
 from .rendering import agreement_panel, enlarge, sample_cards, scores_table, sweep_figure
 from .settings import (ALL_DIGITS, DEFAULT_SWEEP, GRID_SCALE, MAX_PROMPTS, MAX_SAMPLES, MAX_SWEEP_VALUES, MAX_WORK,
-                       RECOGNISABLE, SAMPLING_CONCURRENCY, UI_ONLY)
+                       SAMPLING_CONCURRENCY, UI_ONLY)
 from .validation import guidance_values, quality_prompts
 
 
@@ -65,7 +66,7 @@ class GenerateTab:
             spread = pixel_diversity(images, checked.samples_per_digit)
             grids.append(grid_image(images, nrow=min(len(images), 20)))
             captions.append(f"classifier {confidence.mean():.0%}")
-            rows.append(f"| {w:g} | {confidence.mean():.1%} | {(confidence >= RECOGNISABLE).mean():.0%} | "
+            rows.append(f"| {w:g} | {confidence.mean():.1%} | {(confidence >= RECOGNISABLE_PROBABILITY).mean():.0%} | "
                         + (f"{spread:.3f} |" if spread is not None else "– |"))
         table = ("| w | classifier's mean p(asked digit) | recognisable | diversity |\n|---|---|---|---|\n"
                  + "\n".join(rows) + "\n\n*Fidelity*: the classifier's confidence in the asked digit. *Diversity*: "

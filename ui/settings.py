@@ -3,7 +3,7 @@
 The sampling limits (samples, steps, work, guidance, seed) are the engine's, from `diffusion.requests`.
 """
 from diffusion.digit_images import MAX_IMAGE_PIXELS  # noqa: F401 (re-exported)
-from diffusion.requests import MAX_FEW_STEPS, MAX_GUIDANCE, MAX_SAMPLES, MAX_SEED, MAX_WORK  # noqa: F401
+from diffusion.requests import MAX_FEW_STEPS, MAX_GUIDANCE, MIN_GUIDANCE, MAX_SAMPLES, MAX_SEED, MAX_WORK  # noqa: F401
 
 # --- Limits: they bound the work one request can cause on a 2-core machine (the UI states them) ------
 MAX_SWEEP_VALUES = 8
@@ -36,7 +36,6 @@ FRAME_INTERVAL_S = 0.1     # at most 10 frames a second while it runs: the page 
 FRAMES_PER_SECOND = 20     # … and at most about 20 a second for all the animations streaming at once
 PLOT_POINTS = 50           # frames the classifier scores for the confidence plot (more where it first recognises)
 STRIP_FRAMES = 8
-RECOGNISABLE = 0.5  # the classifier's probability for the asked digit at which we call it recognisable
 ALL_DIGITS = "all"
 DEFAULT_SWEEP = "0, 0.5, 1, 2, 4, 8"
 DEFAULT_REVERSE_DIGIT = "3"
@@ -50,6 +49,20 @@ CSS = """
 """
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 
+# --- The Lab tab (ui/lab.py) ------------------------------------------------------------------------------
+# The recognisability experiment is the heaviest request in the app (the course's ddpm-500 × 20 runs per
+# digit: 100,000 network evaluations, about a minute on 2 cores), so it has its own bound and queue.
+MAX_RECOGNISABILITY_SEEDS = 20
+MAX_RECOGNISABILITY_WORK = 10 * MAX_RECOGNISABILITY_SEEDS * 500  # samples × steps
+RECOGNISABILITY_DEFAULTS = {"seeds_per_digit": 20, "sampler": "ddpm", "steps": 500}  # the course's setting
+LAB_CONCURRENCY = 2          # experiments running at once; more wait in the queue
+LAB_RESULTS_KEPT = 16        # finished experiments kept: a class asking the same one shares it
+MAX_DIFFICULTY_SAMPLES = 200 # the difficulty table's samples (20 per digit)
+WHY_GRADUAL_STEPS = (1, 2, 5, 12, 50, 500)
+EPS_IMAGE_RANGE = (-3.0, 3.0)  # noise images: black = -3, grey = 0, white = +3 (ε ~ N(0, 1))
+LAB_FONT_PT = 14             # figure text, legible on a projector
+LAB_IMAGE_SCALE = 10         # 28 px -> 280 px images
+
 # --- Reverse process: playback in the browser, and all ten digits as one filmstrip ----------------------
 PLAYER_IMAGE_PX = 256            # x_t and x̂₀ in the player: 28 px shown 256 px wide, pixelated
 PLAYER_MIN_FPS, PLAYER_MAX_FPS = 1, 30  # the player's speed slider, frames a second
@@ -58,3 +71,21 @@ GIF_SECONDS = 4                  # the GIF lasts about this long too (each frame
 FILMSTRIP_PERCENTS = (0, 10, 25, 50, 75, 90, 100)  # the filmstrip's columns: % of the reverse process
 FILMSTRIP_SCALE = 3              # 28 px -> 84 px per digit in the filmstrip
 FILMSTRIP_FONT_PX = 24           # its headers (≥ 12 pt when the 1400 px-wide image fills a projector)
+
+# --- Training tab (ui/training.py) ------------------------------------------------------------------------
+TRAINING_CONCURRENCY = 2     # /training_snapshots samples with a snapshot network (~0.2 s), /noise_prediction
+SNAPSHOT_CACHE = 8           # snapshot networks kept loaded (about 2-4 MB each; the reference run keeps 7)
+SNAPSHOT_GRID_CACHE = 64     # sample grids kept (9 KB each), by (snapshot, seed): a class on one slider samples once
+SNAPSHOT_GRID_SCALE = 4      # 2 rows of 5 digits, 152×62 px -> 608×248 px
+NOISE_IMAGE_SCALE = 9        # x₀, x_t, ε, ε̂ and ε̂ − ε: 28 px -> 252 px
+LOSS_BY_T_POINTS = 25        # time steps in the loss-against-t plot (× 30 real digits: 750 network inputs)
+DEFAULT_NOISE_T = 50         # the "what the loss means" t at first: x_t still shows the digit
+CSS += """
+.projector-plot { --text-sm: 16px; --text-md: 20px; }
+"""
+
+# --- The Edit tab (ui/edit.py) -----------------------------------------------------------------------------
+DEFAULT_EDIT_SOURCE = 9      # the shipped real digits' index of the 3 that /edit starts from by default
+DEFAULT_INPAINT_SOURCE = 21  # … and of the 7 that /inpaint starts from
+MASK_PRESETS = ("top", "bottom", "left", "right")
+MAX_INPAINT_SAMPLES = 8

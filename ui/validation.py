@@ -9,7 +9,7 @@ import gradio as gr
 
 from diffusion.requests import real_number, short_repr, whole_number
 
-from .settings import ALL_DIGITS, DEFAULT_SWEEP, MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_PROMPTS, MAX_SWEEP_VALUES
+from .settings import ALL_DIGITS, DEFAULT_SWEEP, MAX_GUIDANCE, MIN_GUIDANCE, MAX_PROMPT_CHARS, MAX_PROMPTS, MAX_SWEEP_VALUES
 
 
 def invalid(message: str) -> gr.Error:
@@ -55,7 +55,7 @@ def digit_set(value, allow_all: bool) -> list[int]:
 
 
 def guidance_values(text) -> list[float]:
-    """'0, 0.5, 2' -> [0.0, 0.5, 2.0]: 1 to MAX_SWEEP_VALUES values of w, each from 0 to MAX_GUIDANCE."""
+    """'0, 0.5, 2' -> [0.0, 0.5, 2.0]: 1 to MAX_SWEEP_VALUES values of w, each from MIN_GUIDANCE to MAX_GUIDANCE."""
     if not isinstance(text, str) or len(text) > 400:
         raise invalid(f"guidance values must be short text such as '{DEFAULT_SWEEP}', got {short_repr(text)}")
     words = text.replace(",", " ").split()
@@ -65,7 +65,7 @@ def guidance_values(text) -> list[float]:
         values = [float(word) for word in words]
     except ValueError:
         raise invalid(f"guidance values must be numbers separated by commas, got {short_repr(text)}") from None
-    return [checked_real_number("each guidance value w", w, 0, MAX_GUIDANCE) for w in values]
+    return [checked_real_number("each guidance value w", w, MIN_GUIDANCE, MAX_GUIDANCE) for w in values]
 
 
 def quality_prompts(text) -> tuple[str, ...]:
