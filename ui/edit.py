@@ -126,8 +126,9 @@ class EditTab:
         changed = max(int(np.abs(im[keep == 1].astype(int) - source[keep == 1].astype(int)).max()) for im in images)
         note = (f"{int((scores.predicted_digit == asked).sum())} of {len(images)} results are seen as a {asked} by the "
                 f"classifier. The kept pixels changed by at most {changed}/255. ({edit.num_inference_steps} ddpm steps, "
-                f"each resampled {edit.resample}×: {edit.num_inference_steps * edit.resample} network evaluations.)")
-        results = enlarge(grid_image(images, nrow=len(images), pad=1), LAB_IMAGE_SCALE // 2)
+                f"all but the last resampled {edit.resample}×: {(edit.num_inference_steps - 1) * edit.resample + 1} "
+                f"network evaluations.)")
+        results = enlarge(grid_image(images, nrow=len(images), pad=1), LAB_IMAGE_SCALE)
         return overlay(source, keep), results, note
 
     def inpaint_painted(self, image, editor, digit, samples, guidance, seed, request: gr.Request = None):
@@ -188,7 +189,7 @@ class EditTab:
                 i_button = gr.Button("Inpaint the chosen half", variant="primary")
                 i_paint_button = gr.Button("Inpaint where I painted")
             with gr.Row():
-                i_editor = gr.ImageEditor(value=None, label="…or paint over the part to regenerate", type="numpy",
+                i_editor = gr.ImageEditor(value=self.editor_value(DEFAULT_INPAINT_SOURCE), label="…or paint over the part to regenerate", type="numpy",
                                           image_mode="RGBA", canvas_size=(280, 280), transforms=(), layers=False,
                                           brush=gr.Brush(default_size=30, colors=["#ff8c00"], color_mode="fixed"),
                                           elem_id="inpaint-editor")
@@ -200,10 +201,9 @@ class EditTab:
         i_paint_button.click(self.inpaint_painted, [i_source, i_editor, i_digit, samples, i_w, i_seed],
                              [i_masked, i_results, i_note], api_visibility="private",
                              concurrency_id="sampling", concurrency_limit=SAMPLING_CONCURRENCY)
+        i_source.change(self.editor_value, i_source, i_editor, **UI_ONLY)
 
-        def show_source(index):
-            """The chosen digit as the editor's background, to paint the mask on (UI only)."""
-            image = enlarge(self.source_digit(index), 10)
-            return {"background": np.repeat(image[..., None], 3, axis=2), "layers": [], "composite": None}
-
-        i_source.change(show_source, i_source, i_editor, **UI_ONLY)
+    def editor_value(self, index) -> dict:
+        """The chosen shipped digit as the mask editor's background, to paint the mask on (UI only)."""
+        image = enlarge(self.source_digit(index), 10)
+        return {"background": np.repeat(image[..., None], 3, axis=2), "layers": [], "composite": None}
