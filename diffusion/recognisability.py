@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -84,6 +85,34 @@ class Recognisability:
         return rows
 
 
+def run_experiment(server, requests: Sequence, probabilities: Probabilities, num_train_steps: int,
+                   on_step: Callable[[], None] | None = None) -> Recognisability:
+    """Run each checked request (e.g. one per digit) on a `NetworkServer` as a stream that keeps no history,
+    and measure them side by side (`measure_many`). on_step: called after every step of every run (progress)."""
+    def followed(request):
+        steps = server.submit(request, stream=True, keep_history=False).steps()
+        try:
+            for step in steps:
+                if on_step:
+                    on_step()
+                yield step
+        finally:
+            steps.close()  # stops the server's run once the measurement has what it needs
+
+    return measure_many([(followed(r), r.digits) for r in requests], probabilities, num_train_steps)
+
+
+def measure_many(runs: Sequence[tuple[Iterable[SamplerStep], Sequence[int]]], probabilities: Probabilities,
+                 num_train_steps: int) -> Recognisability:
+    """`measure_recognisability` of several runs at once (one thread each, so a server advances them side by
+    side and each stops as soon as all its samples are recognised), as one result. runs: (steps, digits) pairs."""
+    with ThreadPoolExecutor(max_workers=max(1, len(runs)), thread_name_prefix="recognisability") as pool:
+        parts = list(pool.map(lambda run: measure_recognisability(run[0], run[1], probabilities, num_train_steps),
+                              runs))
+    return Recognisability(np.concatenate([p.digits for p in parts]), np.concatenate([p.first_step for p in parts]),
+                           np.concatenate([p.first_t for p in parts]), parts[0].num_inference_steps, num_train_steps)
+
+
 def measure_recognisability(steps: Iterable[SamplerStep], digits: Sequence[int], probabilities: Probabilities,
                             num_train_steps: int, scored_points: int = SCORED_POINTS) -> Recognisability:
     """Follow a batch of runs step by step (the `SamplerStep`s of a streamed request, step 0 = x_T first) and
@@ -93,6 +122,8 @@ def measure_recognisability(steps: Iterable[SamplerStep], digits: Sequence[int],
     x_T. To keep the judge's work small, every stride-th frame is scored (about `scored_points` per run); when
     a run first crosses the threshold there, the frames since the last scored one are scored too, so the step
     found is the one every-frame scoring would find unless p crosses and falls back within a stride.
+    Once every row has been recognised the rest of the run cannot change the answer, so it stops following
+    the steps (closing `steps`, which stops a server's run).
     """
     digits_t = torch.as_tensor(list(digits)).long()
     n = len(digits_t)
@@ -129,6 +160,10 @@ def measure_recognisability(steps: Iterable[SamplerStep], digits: Sequence[int],
             else:
                 first_step[rows.numpy()], first_t[rows.numpy()] = frame[0], t
         recent.clear()
+        if (first_step >= 0).all():
+            break
+    if hasattr(steps, "close"):
+        steps.close()
     if total is None:
         raise ValueError("the run reported no steps")
     return Recognisability(np.asarray(list(digits)), first_step, first_t, total, num_train_steps)

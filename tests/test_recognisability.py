@@ -1,5 +1,7 @@
 """The engine behind the Lab tab: the noise-aware classifier, when a digit becomes recognisable, the
 guidance components and negative w, and the difficulty table."""
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,39 @@ def test_difficulty_by_digit_counts_confusions():
     assert stats["confusion"][7, 1] == 1 and stats["confusion"][7, 7] == 1 and stats["confusion"].sum() == 5
     assert stats["accuracy"][7] == 0.5 and stats["accuracy"][3] == 1.0 and np.isnan(stats["accuracy"][0])
     assert stats["confidence"][7] == pytest.approx((0.02 + 0.82) / 2)
+
+
+def test_measuring_stops_following_a_run_once_every_sample_is_recognised():
+    seen = []
+
+    def run():
+        for step in fake_run([3, 10], 100, 500):
+            seen.append(step.index)
+            yield step
+
+    result = measure_recognisability(run(), [1, 2], fake_judge([3, 10], [1, 2], []), 500)
+    assert result.first_step.tolist() == [3, 10]
+    assert max(seen) == 10  # the rest of the run could not change the answer
+
+
+def test_run_experiment_measures_runs_side_by_side_and_frees_the_server(tiny_random_pipe):
+    from diffusion.recognisability import run_experiment
+    from diffusion.server import NetworkServer
+
+    server = NetworkServer(tiny_random_pipe.model, tiny_random_pipe.schedule)
+    try:
+        requests = [tiny_random_pipe.check_request([d] * 3, sampler="ddpm", num_inference_steps=40, seed=1)
+                    for d in (2, 7)]
+        def at_once(x, t):  # every digit recognisable from x_T on
+            return torch.full((len(x), 10), 0.9)
+
+        result = run_experiment(server, requests, at_once, tiny_random_pipe.num_train_steps)
+        assert result.digits.tolist() == [2, 2, 2, 7, 7, 7] and (result.first_step == 0).all()
+        assert result.num_inference_steps == 40
+        deadline = time.monotonic() + 10
+        while server.requests_in_progress() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.requests_in_progress() == 0  # both runs stopped long before their 40 steps
+        assert len(server.tick_sizes) < 40
+    finally:
+        server.close()

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import gradio as gr
 import numpy as np
@@ -24,13 +25,13 @@ import torch
 from diffusion.checkpoints import CHECKPOINT_DIR
 from diffusion.data import to_uint8
 from diffusion.evaluate import difficulty_by_digit
-from diffusion.recognisability import RECOGNISABLE_PROBABILITY, measure_recognisability
+from diffusion.recognisability import RECOGNISABLE_PROBABILITY, run_experiment
 from diffusion.requests import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffusion.sampling import SAMPLERS, guidance_components
 
 from .classroom import Classroom, yield_to_the_network
 from .rendering import enlarge, new_figure
-from .settings import (ALL_DIGITS, EPS_IMAGE_RANGE, LAB_CONCURRENCY, LAB_FONT_PT, LAB_IMAGE_SCALE, LAB_RESULTS_KEPT,
+from .settings import (ALL_DIGITS, EPS_IMAGE_RANGE, PROGRESS_INTERVAL_S, LAB_CONCURRENCY, LAB_FONT_PT, LAB_IMAGE_SCALE, LAB_RESULTS_KEPT,
                        MAX_DIFFICULTY_SAMPLES, MAX_GUIDANCE, MAX_RECOGNISABILITY_SEEDS, MAX_RECOGNISABILITY_WORK,
                        MAX_WORK, MIN_GUIDANCE, RECOGNISABILITY_DEFAULTS, SAMPLING_CONCURRENCY, WHY_GRADUAL_STEPS)
 from .validation import checked_whole_number
@@ -164,15 +165,23 @@ class LabTab:
         checked = self.classroom.sampling_request(digit, seeds_per_digit, guidance, sampler, steps, seed,
                                                   max_samples=10 * MAX_RECOGNISABILITY_SEEDS,
                                                   max_work=MAX_RECOGNISABILITY_WORK)
+        # one run per digit: each stops as soon as all its samples are recognisable
+        per_digit = [self.classroom.sampling_request(str(d), seeds_per_digit, guidance, sampler, steps, seed,
+                                                     allow_all=False, max_samples=MAX_RECOGNISABILITY_SEEDS,
+                                                     max_work=MAX_RECOGNISABILITY_WORK)
+                     for d in sorted(set(checked.digits))]
 
         def measure():
             yield_to_the_network()
-            with self.classroom.sampling_slots.slot(request):
-                handle = self.classroom.server.submit(checked, stream=True, keep_history=False)
-                steps_seen = progress.tqdm(handle.steps(), total=checked.num_inference_steps + 1,
-                                           desc="denoising and judging")
-                return measure_recognisability(steps_seen, checked.digits, self.classroom.noisy_probabilities,
-                                               self.classroom.pipe.num_train_steps)
+            done, most = [0], len(per_digit) * (checked.num_inference_steps + 1)
+            with self.classroom.sampling_slots.slot(request), ThreadPoolExecutor(1) as waiter:
+                future = waiter.submit(run_experiment, self.classroom.server, per_digit,
+                                       self.classroom.noisy_probabilities, self.classroom.pipe.num_train_steps,
+                                       lambda: done.__setitem__(0, done[0] + 1))
+                while not future.done():  # the progress bar counts steps; runs that finish early skip the rest
+                    progress(done[0] / most, desc="denoising and judging")
+                    time.sleep(PROGRESS_INTERVAL_S)
+                return future.result()
 
         result = self.results.get_or_compute(("recognisability", checked), measure)
         per_digit = [r for r in result.per_digit() if r["recognised"]]

@@ -57,6 +57,7 @@ MAX_RECOGNISABILITY_WORK = 10 * MAX_RECOGNISABILITY_SEEDS * 500  # samples × st
 RECOGNISABILITY_DEFAULTS = {"seeds_per_digit": 20, "sampler": "ddpm", "steps": 500}  # the course's setting
 LAB_CONCURRENCY = 2          # experiments running at once; more wait in the queue
 LAB_RESULTS_KEPT = 16        # finished experiments kept: a class asking the same one shares it
+PROGRESS_INTERVAL_S = 0.5    # how often a long experiment's progress bar moves
 MAX_DIFFICULTY_SAMPLES = 200 # the difficulty table's samples (20 per digit)
 WHY_GRADUAL_STEPS = (1, 2, 5, 12, 50, 500)
 EPS_IMAGE_RANGE = (-3.0, 3.0)  # noise images: black = -3, grey = 0, white = +3 (ε ~ N(0, 1))
