@@ -16,7 +16,7 @@ from .bench import RESULTS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- figures:start (python -m devtools.readme) -->", "<!-- figures:end -->"
-COMMANDS = {name: f"python -m benchmarks.bench_{name}" for name in ("app", "class", "sampling", "scoring")}
+OPTIONS = {"lab": " --data-dir ../shared/data"}  # benchmarks that need more than their name
 
 
 def figures_block(results: Path = RESULTS) -> str:
@@ -29,7 +29,7 @@ def figures_block(results: Path = RESULTS) -> str:
         for bar in report["bars"]:
             measured = "—" if bar["measured"] is None else f"{bar['measured']:.3g} {bar['unit']}"
             limit = f"{'≥' if bar['at_least'] else '≤'} {bar['limit']:g} {bar['unit']}"
-            lines.append(f"| `{COMMANDS.get(name, name)}` | {bar['what']} | {measured} | {limit} | "
+            lines.append(f"| `python -m benchmarks.bench_{name}{OPTIONS.get(name, '')}` | {bar['what']} | {measured} | {limit} | "
                          f"{'yes' if bar['met'] else '**no**'} |")
         m = report["machine"]
         machines.append(f"`{name}`: {report['date']}, {m.get('cpus')} CPUs ({m.get('cpu_model', '?')}), "

@@ -32,10 +32,11 @@ DEFAULT_UNET = CHECKPOINT_DIR / "unet"
 class DigitDiffusion:
     """A loaded diffusion model with its noise schedule. Use `load_pipeline()` to make one."""
 
-    def __init__(self, model: ClassConditionalUNet, schedule: NoiseSchedule, config: dict):
+    def __init__(self, model: ClassConditionalUNet, schedule: NoiseSchedule, config: dict, judge=None):
         self.model = model.eval()
         self.schedule = schedule
         self.config = config
+        self.judge = judge  # a noise-aware classifier, for classifier guidance (None: not available)
 
     @property
     def num_train_steps(self) -> int:
@@ -55,11 +56,12 @@ class DigitDiffusion:
     def check_request(self, digits: Sequence[int], *, guidance: float = DEFAULT_GUIDANCE,
                       sampler: str = DEFAULT_SAMPLER, num_inference_steps: int = DEFAULT_STEPS, seed: int = 0,
                       eta: float = 0.0, guidance_interval: tuple[float, float] = DEFAULT_GUIDANCE_INTERVAL,
-                      ) -> SamplingRequest:
+                      classifier_scale: float = 0.0) -> SamplingRequest:
         """A checked request for these samples (one entry of `digits` per sample); raises ValueError
         with a message meant for the user (see `requests.check_sampling_request`)."""
         return check_sampling_request(list(digits), guidance=guidance, sampler=sampler, steps=num_inference_steps,
                                       seed=seed, eta=eta, guidance_interval=guidance_interval,
+                                      classifier_scale=classifier_scale,
                                       num_train_steps=self.num_train_steps)
 
     def run(self, request: SamplingRequest) -> Iterator[SamplerStep]:
@@ -68,7 +70,8 @@ class DigitDiffusion:
         sampler, x_T = prepare_run(request, self.schedule, generator, next(self.model.parameters()).device)
         yield from sample_steps(self.model, self.schedule, torch.tensor(request.digits), guidance=request.guidance,
                                 sampler=sampler, x_T=x_T, generator=generator,
-                                guidance_interval=request.guidance_interval)
+                                guidance_interval=request.guidance_interval, judge=self.judge,
+                                classifier_scale=request.classifier_scale)
 
     def denoising_steps(self, digits: Sequence[int], **settings) -> Iterator[SamplerStep]:
         """Yield a `SamplerStep` (x_t and x̂_0, float [B,1,28,28] in [-1,1]) after each step.
@@ -115,12 +118,13 @@ class DigitDiffusion:
 
 
 def load_pipeline(checkpoint: str | Path = DEFAULT_UNET, bf16: bool | None = None,
-                  device: str | torch.device = "cpu") -> DigitDiffusion:
+                  device: str | torch.device = "cpu", judge=None) -> DigitDiffusion:
     """Load a diffusion checkpoint (default: the shipped one) into a `DigitDiffusion` on `device`.
 
     bf16: run the network in bfloat16 (about 2× faster where the CPU has bf16 kernels; the
     sampler's arithmetic stays float32). None = where `bf16_is_fast(device)`. A float32 network is
     stored channels-last instead, which oneDNN's float32 convolutions run ~25% faster (same numbers).
+    judge: a noise-aware classifier (`classifier.load_noise_classifier()`) for classifier guidance.
     """
     model, config = load_module(checkpoint, build_unet, kind="diffusion-unet")
     model = model.to(device)
@@ -128,4 +132,4 @@ def load_pipeline(checkpoint: str | Path = DEFAULT_UNET, bf16: bool | None = Non
         model = model.to(torch.bfloat16)
     else:
         model = model.to(memory_format=torch.channels_last)
-    return DigitDiffusion(model, NoiseSchedule.from_config(config["schedule"]), config)
+    return DigitDiffusion(model, NoiseSchedule.from_config(config["schedule"]), config, judge=judge)

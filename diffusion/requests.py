@@ -36,6 +36,15 @@ MAX_SAMPLES_PER_CALL = 10_000  # the Python API (evaluation draws 2,000 in batch
 MAX_SAMPLES = 100         # samples per request
 MAX_WORK = 5_000          # samples × steps per request (× the number of w values in a sweep)
 MAX_RESAMPLE = 10         # inpainting: RePaint's resamplings per step
+MAX_CLASSIFIER_SCALE = 20.0  # classifier guidance's strength; beyond this the gradient only adds artefacts
+# Ways to steer toward the asked digit (the Generate tab's choice; benchmarks/bench_guides.py compares them):
+#   classifier-free  ε = (1+w)·ε(x,c) − w·ε(x,∅) alone (the course's; the default)
+#   classifier       plus the noise-aware classifier's gradient (Dhariwal & Nichol 2021), at DEFAULT_CLASSIFIER_SCALE
+#   best-of-N        draw N candidates per sample and keep the one the noise-aware classifier is surest of
+GUIDES = ("classifier-free", "classifier", "best-of-4")
+DEFAULT_GUIDE = "classifier-free"
+DEFAULT_CLASSIFIER_SCALE = 2.0
+BEST_OF = 4
 INPAINT_SAMPLERS = ("ddpm", "ddim")  # one-step samplers: a RePaint resampling re-takes a step, which a multistep
                                      # solver's memory of the previous step would not allow
 
@@ -59,6 +68,8 @@ class SamplingRequest:
     # ... and, inpainting, regenerate only where keep_mask (784 bytes) is 0, with RePaint's resamplings
     keep_mask: bytes | None = None
     resample: int = 1
+    # Classifier guidance by the noise-aware classifier's gradient, on top of w (0 = none)
+    classifier_scale: float = 0.0
 
     @property
     def num_samples(self) -> int:
@@ -114,7 +125,7 @@ def check_sampling_request(digits: Sequence[int], *, samples_per_digit=1, guidan
                            sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, seed=0, num_train_steps: int,
                            eta=0.0, guidance_interval=DEFAULT_GUIDANCE_INTERVAL,
                            max_samples: int = MAX_SAMPLES_PER_CALL, max_work: int | None = None,
-                           sweep_size: int = 1) -> SamplingRequest:
+                           sweep_size: int = 1, classifier_scale=0.0) -> SamplingRequest:
     """Check a request and bound its work; raises ValueError with a message meant for the user.
 
     digits: the asked digits (0..9); samples_per_digit: samples of each; steps: network evaluations;
@@ -140,9 +151,10 @@ def check_sampling_request(digits: Sequence[int], *, samples_per_digit=1, guidan
         lo, hi = math.nan, math.nan
     if not 0 <= lo <= hi <= 1:
         raise ValueError(f"guidance_interval must be (lo, hi) with 0 ≤ lo ≤ hi ≤ 1, got {short_repr(guidance_interval)}")
+    classifier_scale = real_number("classifier guidance scale", classifier_scale, 0, MAX_CLASSIFIER_SCALE)
     samples = tuple(d for d in asked for _ in range(per_digit))
-    return _bounded(SamplingRequest(samples, per_digit, guidance, sampler, steps, seed, eta, (lo, hi)),
-                    max_work, sweep_size)
+    return _bounded(SamplingRequest(samples, per_digit, guidance, sampler, steps, seed, eta, (lo, hi),
+                                    classifier_scale=classifier_scale), max_work, sweep_size)
 
 
 def _bounded(request: SamplingRequest, max_work: int | None, sweep_size: int = 1) -> SamplingRequest:

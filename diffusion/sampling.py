@@ -73,6 +73,24 @@ def guidance_components(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor
     return eps_cond, eps_uncond, eps_cond - eps_uncond
 
 
+def classifier_guided_eps(eps: torch.Tensor, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                          judge: torch.nn.Module, scale: float | torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
+    """Classifier guidance (Dhariwal & Nichol 2021): steer ε by a noise-aware classifier's gradient,
+        ε̃ = ε − scale·√(1-ᾱ_t)·∇_x log p(y | x_t, t),
+    which moves x̂_0 toward images the judge reads as digit y. eps, x: [B,1,28,28]; t: [B] time steps;
+    labels: [B] digits; judge(x, t) -> [B,10] logits (`classifier.NoiseAwareClassifier`); scale: a float
+    or [B]. Works inside inference mode (the gradient is taken in a small graph of its own)."""
+    scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+    scale = scale.reshape(-1, 1, 1, 1) if scale.dim() else scale
+    with torch.inference_mode(False), torch.enable_grad():
+        x_in = x.detach().float().clone().requires_grad_(True)
+        log_p = torch.log_softmax(judge(x_in, t.clone()), dim=1)
+        chosen = log_p.gather(1, labels.clone().long().reshape(-1, 1)).sum()
+        (gradient,) = torch.autograd.grad(chosen, x_in)
+    sigma = (1 - schedule.alpha_bar[t.cpu()]).sqrt().to(device=x.device, dtype=x.dtype).reshape(-1, 1, 1, 1)
+    return eps - scale * sigma * gradient.to(x.dtype)
+
+
 def has_guidance_head(model: torch.nn.Module) -> bool:
     """Whether one pass of `model` gives the guided ε (see `model.add_guidance_head`)."""
     config = getattr(model, "config", None)
@@ -307,7 +325,8 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
                  eta: float = 0.0, generator: Generators = None,
                  x_T: torch.Tensor | None = None, clip_x0: bool = True,
                  start_alpha_bar: float = START_ALPHA_BAR,
-                 guidance_interval: tuple[float, float] = EVERY_STEP) -> Iterator[SamplerStep]:
+                 guidance_interval: tuple[float, float] = EVERY_STEP,
+                 judge: torch.nn.Module | None = None, classifier_scale: float = 0.0) -> Iterator[SamplerStep]:
     """Run the reverse process, yielding a `SamplerStep` after every step.
 
     labels: [B] digits 0..9 (one sample per entry); guidance: w (float or [B]);
@@ -318,7 +337,8 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
     x_T: optional starting noise [B,1,28,28] (default: drawn from `generator`);
     start_alpha_bar: where a few-step run starts (see `timestep_sequence`); clip_x0: clamp x̂_0 to [-1,1];
     guidance_interval: (lo, hi) fractions of T; guidance applies only at steps with lo ≤ t/T ≤ hi and
-    the other steps use the plain conditional ε (one network evaluation instead of two).
+    the other steps use the plain conditional ε (one network evaluation instead of two);
+    judge, classifier_scale: classifier guidance on top (`classifier_guided_eps`; 0 = none).
     """
     solver = sampler if not isinstance(sampler, str) else make_sampler(
         sampler, schedule, num_inference_steps, eta=eta, start_alpha_bar=start_alpha_bar, clip_x0=clip_x0)
@@ -331,7 +351,10 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
         # this generator from another thread
         with torch.inference_mode():
             w = guidance if is_guided_step(t, schedule.num_train_steps, guidance_interval) else 0.0
-            eps = guided_eps(model, x, torch.full((B,), t, device=device, dtype=torch.long), labels, w)
+            t_batch = torch.full((B,), t, device=device, dtype=torch.long)
+            eps = guided_eps(model, x, t_batch, labels, w)
+            if classifier_scale:
+                eps = classifier_guided_eps(eps, x, t_batch, labels, judge, classifier_scale, schedule)
             out = solver.step(eps, t, x, generator)
         x = out.x
         yield SamplerStep(index=i + 1, total=len(solver.timesteps), t=out.t, x=x, x0=out.x0)

@@ -98,6 +98,13 @@ def noisy_image_scores(classifier, images: np.ndarray, t: Sequence[int], digits:
     return ClassifierScores(probs, probs.argmax(1), probs[np.arange(len(digits)), digits])
 
 
+def best_of_n(candidates: np.ndarray, confidence: np.ndarray, n: int) -> np.ndarray:
+    """Best-of-N reranking: candidates uint8 [S·n,28,28] (n consecutive candidates per sample) and a judge's
+    confidence in the asked digit for each, float [S·n] -> uint8 [S,28,28], each sample's surest candidate."""
+    best = np.asarray(confidence).reshape(-1, n).argmax(1)
+    return np.asarray(candidates).reshape(-1, n, 28, 28)[np.arange(len(best)), best]
+
+
 # --- CLIP -------------------------------------------------------------------------------------------
 
 class ClipUnavailable(RuntimeError):

@@ -44,7 +44,7 @@ from .data import to_uint8
 from .model import ClassConditionalUNet, FrozenUNet
 from .requests import SamplingRequest
 from .editing import prepare_run
-from .sampling import Sampler, SamplerStep, guided_eps, is_guided_step
+from .sampling import Sampler, SamplerStep, classifier_guided_eps, guided_eps, is_guided_step
 from .schedules import NoiseSchedule
 
 # Measured on the 2-core test machine (bf16, 2 threads): per sample, a batch of 10 costs 0.93 ms, 30 cost
@@ -103,6 +103,7 @@ class Run:
     labels: torch.Tensor
     guidance: float
     guidance_interval: tuple[float, float]
+    classifier_scale: float
     sampler: Sampler
     x: torch.Tensor
     generator: torch.Generator
@@ -208,10 +209,11 @@ class NetworkServer:
     """The worker thread and its runs (see the module docstring). Thread-safe; `close()` stops it."""
 
     def __init__(self, model: torch.nn.Module, schedule: NoiseSchedule, max_tick_rows: int = MAX_TICK_ROWS,
-                 warm_up: bool = False):
+                 warm_up: bool = False, judge: torch.nn.Module | None = None):
         # One TorchScript graph per forward, so the threads streaming frames cannot stall it (see FrozenUNet)
         self.model = FrozenUNet(model) if isinstance(model, ClassConditionalUNet) else model
         self.schedule, self.max_tick_rows = schedule, max_tick_rows
+        self.judge = judge  # the noise-aware classifier, for requests with classifier guidance
         self.device = next(model.parameters()).device
         self.threads = torch.get_num_threads()  # what a large tick uses
         self.tick_sizes: deque[int] = deque(maxlen=10_000)  # samples evaluated per tick (tests, benchmarks)
@@ -241,6 +243,8 @@ class NetworkServer:
         key = request_key(request)
         if self._closed:
             raise RuntimeError("the network server is closed")
+        if request.classifier_scale and self.judge is None:
+            raise ValueError("classifier guidance needs a noise-aware classifier, and this server has none")
         cached = self._from_cache(key, stream) if keep_history else None
         if cached is not None:
             return cached
@@ -287,7 +291,8 @@ class NetworkServer:
         generator = torch.Generator().manual_seed(request.seed)
         sampler, x_T = prepare_run(request, self.schedule, generator, self.device)
         run = Run(key=key, labels=torch.tensor(request.digits, dtype=torch.long, device=self.device),
-                  guidance=request.guidance, guidance_interval=request.guidance_interval, sampler=sampler,
+                  guidance=request.guidance, guidance_interval=request.guidance_interval,
+                  classifier_scale=request.classifier_scale, sampler=sampler,
                   x=x_T, generator=generator, arrival=next(self._arrivals), stream=stream,
                   keep_history=keep_history, last_served=self._tick)
         if stream:  # step 0: x_T itself, so a listener's first frame is the starting noise
@@ -303,7 +308,8 @@ class NetworkServer:
         else:
             return None
         self._finished.move_to_end(key)
-        run = Run(key=key, labels=torch.empty(0), guidance=0.0, guidance_interval=(0.0, 1.0), sampler=None,
+        run = Run(key=key, labels=torch.empty(0), guidance=0.0, guidance_interval=(0.0, 1.0), classifier_scale=0.0,
+                  sampler=None,
                   x=torch.empty(0), generator=None, arrival=-1, stream=stream)
         run.result.set_result(self._finished[key])
         listener = None
@@ -397,7 +403,12 @@ class NetworkServer:
             ws.append(torch.full((run.rows,), run.guidance if guided else 0.0, device=self.device))
         eps = self._guided_eps(torch.cat([r.x for r in runs]), torch.cat(ts), torch.cat([r.labels for r in runs]),
                                torch.cat(ws))
-        return list(eps.split([r.rows for r in runs]))
+        eps = list(eps.split([r.rows for r in runs]))
+        for i, (run, t) in enumerate(zip(runs, ts)):  # classifier guidance: the judge's gradient, run by run
+            if run.classifier_scale:
+                eps[i] = classifier_guided_eps(eps[i], run.x, t, run.labels, self.judge, run.classifier_scale,
+                                               self.schedule)
+        return eps
 
     def _guided_eps(self, x, t, labels, w) -> torch.Tensor:
         """`guided_eps` of [B] rows, padded with rows of zeros to one of BATCH_SIZES (so the network only ever

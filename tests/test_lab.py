@@ -129,3 +129,14 @@ def test_lab_figures_are_legible_on_a_projector(classroom):
     for figure in figures:
         sizes = [t.get_fontsize() for t in figure.findobj(Text) if t.get_text().strip()]
         assert sizes and min(sizes) >= 12, sizes
+
+
+def test_training_data_table_reads_the_measured_cas():
+    import json
+
+    from diffusion.checkpoints import CHECKPOINT_DIR
+    from ui.lab import training_data_text
+
+    cas = {r["data"]: r for r in json.loads((CHECKPOINT_DIR / "cas.json").read_text())["results"]}
+    text = training_data_text()
+    assert f"{cas['generated']['test_accuracy']:.2%}" in text and f"{cas['real']['test_accuracy']:.2%}" in text

@@ -3,6 +3,7 @@ for the files the app writes (removed when the app stops, SIGTERM included)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import ipaddress
 import shutil
@@ -24,8 +25,9 @@ from diffusion.checkpoints import read_config
 from diffusion.classifier import DEFAULT_NOISE_CLASSIFIER, load_classifier, load_noise_classifier
 from diffusion.data import load_shipped_digits, shipped_test_index
 from diffusion.pipeline import DigitDiffusion, load_pipeline
-from diffusion.requests import SamplingRequest, check_sampling_request, max_inference_steps
-from diffusion.scoring import (ClassifierScores, ClipScores, ClipUnavailable, LazyClip, classifier_scores,
+from diffusion.requests import (BEST_OF, DEFAULT_CLASSIFIER_SCALE, SamplingRequest, check_sampling_request,
+                               max_inference_steps)
+from diffusion.scoring import (ClassifierScores, ClipScores, ClipUnavailable, LazyClip, best_of_n, classifier_scores,
                                noisy_image_scores)
 from diffusion.server import NetworkServer
 
@@ -141,7 +143,8 @@ class Classroom:
     def __init__(self, pipe: DigitDiffusion, classifier, clip: LazyClip, classifier_config: dict, noise_classifier):
         self.pipe, self.classifier, self.clip, self.classifier_config = pipe, classifier, clip, classifier_config
         self.noise_classifier = noise_classifier  # reads noisy x_t: says when a digit becomes recognisable
-        self.server = NetworkServer(pipe.model, pipe.schedule, warm_up=True)  # every sampling request shares it
+        # every sampling request shares it; the noise-aware classifier steers requests with classifier guidance
+        self.server = NetworkServer(pipe.model, pipe.schedule, warm_up=True, judge=noise_classifier)
         self._clip_lock = threading.Lock()  # one CLIP evaluation at a time: it is the heaviest network here
         self.work_folder = Path(tempfile.mkdtemp(prefix="mnist-diffusion-app-"))  # GIFs and plots
         self.shipped_images, self.shipped_labels = load_shipped_digits()
@@ -175,6 +178,19 @@ class Classroom:
                                           sampler=sampler, steps=steps, seed=seed,
                                           num_train_steps=self.pipe.num_train_steps, max_samples=max_samples,
                                           max_work=max_work, sweep_size=sweep_size)
+
+    def sample_with_guide(self, checked: SamplingRequest, guide: str) -> np.ndarray:
+        """The request's samples, uint8 [N,28,28], steered by `guide` (one of GUIDES, see diffusion.requests):
+        classifier-free alone, plus classifier guidance, or the best of BEST_OF candidates by the noise-aware
+        classifier (a different network from the trusted classifier that scores them)."""
+        if guide == "classifier":
+            return self.server.run([dataclasses.replace(checked, classifier_scale=DEFAULT_CLASSIFIER_SCALE)])[0]
+        if guide.startswith("best-of"):
+            candidates = dataclasses.replace(checked, digits=tuple(d for d in checked.digits for _ in range(BEST_OF)))
+            [images] = self.server.run([candidates])
+            sureness = self.noisy_image_scores(images, [0] * len(images), candidates.digits).confidence_requested
+            return best_of_n(images, sureness, BEST_OF)
+        return self.server.run([checked])[0]
 
     # --- scores ----------------------------------------------------------------------------------------
     def score(self, images: np.ndarray, digits, prompts: tuple[str, ...]) -> Scores:

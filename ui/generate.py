@@ -7,7 +7,7 @@ import gradio as gr
 from diffusion.data import grid_image
 from diffusion.digit_images import pixel_diversity
 from diffusion.recognisability import RECOGNISABLE_PROBABILITY
-from diffusion.requests import is_number
+from diffusion.requests import DEFAULT_GUIDE, GUIDES, is_number
 from diffusion.scoring import DEFAULT_QUALITY_PROMPTS
 
 from .classroom import Classroom, yield_to_the_network
@@ -15,7 +15,7 @@ from .controls import RANDOM_SEED_JS, sampling_controls
 from .rendering import agreement_panel, enlarge, sample_cards, scores_table, sweep_figure
 from .settings import (ALL_DIGITS, DEFAULT_SWEEP, GRID_SCALE, MAX_PROMPTS, MAX_SAMPLES, MAX_SWEEP_VALUES, MAX_WORK,
                        SAMPLING_CONCURRENCY, UI_ONLY)
-from .validation import guidance_values, quality_prompts
+from .validation import guidance_values, one_of, quality_prompts
 
 
 def clip_status_text(status: str) -> str:
@@ -34,15 +34,17 @@ class GenerateTab:
         self.classroom = classroom
 
     def generate(self, digit, samples_per_digit, guidance, sampler, steps, seed, quality_prompts_text,
-                 request: gr.Request = None):
+                 guide=DEFAULT_GUIDE, request: gr.Request = None):
         """The samples with their scores beside them (HTML), all samples in one image (sample i at row i // 10,
         column i % 10 of a grid of 28×28 cells with 2-pixel gaps, enlarged ×2), the scores table, and the
-        agreement panel (text, and the samples where CLIP and the classifier disagree)."""
+        agreement panel (text, and the samples where CLIP and the classifier disagree). guide: how to steer
+        toward the digit, one of GUIDES (classifier-free: w alone, today's behaviour)."""
         checked = self.classroom.sampling_request(digit, samples_per_digit, guidance, sampler, steps, seed)
         prompts = quality_prompts(quality_prompts_text)
+        guide = one_of("guide", guide, GUIDES)
         yield_to_the_network()
         with self.classroom.sampling_slots.slot(request):
-            [images] = self.classroom.server.run([checked])
+            images = self.classroom.sample_with_guide(checked, guide)
         digits = list(checked.digits)
         scores = self.classroom.score(images, digits, prompts)
         cards = sample_cards(images, digits, scores.classifier, scores.clip, range(len(images)))
@@ -101,6 +103,9 @@ class GenerateTab:
                 c = sampling_controls(self.classroom, digit_choices, ALL_DIGITS)
                 samples = gr.Slider(1, MAX_SAMPLES // 10, value=1, step=1, label="Samples per digit",
                                     info=f"at most {MAX_SAMPLES} samples in all")
+                guide = gr.Radio(list(GUIDES), value=DEFAULT_GUIDE, label="Steer toward the digit with",
+                                 info="classifier-free: w alone (the course's); classifier: plus a noise-aware "
+                                      "classifier's gradient; best-of-4: keep the likeliest of 4 candidates")
                 generate_button = gr.Button("Generate", variant="primary")
                 with gr.Accordion("CLIP quality prompts (one per line)", open=False):
                     prompts = gr.Textbox("\n".join(DEFAULT_QUALITY_PROMPTS), lines=3, show_label=False,
@@ -123,7 +128,7 @@ class GenerateTab:
                 sweep_table = gr.Markdown(elem_id="sweep-table")
 
         c.digit.change(self.fit_samples_slider, [c.digit, samples], samples, **UI_ONLY)
-        inputs = [c.digit, samples, c.guidance, c.sampler, c.steps, c.seed, prompts]
+        inputs = [c.digit, samples, c.guidance, c.sampler, c.steps, c.seed, prompts, guide]
         outputs = [cards, grid, table, agreement_text, disagreements]
         sampling = {"concurrency_id": "sampling", "concurrency_limit": SAMPLING_CONCURRENCY, "preprocess": False}
         generate_button.click(self.generate, inputs, outputs, api_name="generate", **sampling)

@@ -148,6 +148,27 @@ def shipped_evaluation() -> dict | None:
                  (DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE)), None)
 
 
+def training_data_text() -> str:
+    """The Classification Accuracy Score of the shipped model (checkpoints/cas.json), as the page states it."""
+    try:
+        cas = json.loads((CHECKPOINT_DIR / "cas.json").read_text())
+        results = {r["data"]: r for r in cas["results"]}
+        generated, real, both = results["generated"], results["real"], results["real+generated"]
+    except (OSError, ValueError, KeyError):
+        return "Not measured yet: run `python -m diffusion.evaluate --cas 10000`."
+    settings = cas["generation"]
+    return (f"A real use of a diffusion model is making **training data**. Is it good enough? Train a fresh copy of "
+            f"the digit classifier on generated digits only, then grade it on the 10,000 real MNIST test digits "
+            f"(the *Classification Accuracy Score*, Ravuri & Vinyals 2019).\n\n"
+            f"| trained on | images | accuracy on real test digits |\n|---|---|---|\n"
+            f"| generated ({settings['sampler']}, {settings['steps']} steps, w = {settings['guidance']:g}) | "
+            f"{generated['images']:,} | {generated['test_accuracy']:.2%} |\n"
+            f"| real MNIST training digits | {real['images']:,} | {real['test_accuracy']:.2%} |\n"
+            f"| both | {both['images']:,} | {both['test_accuracy']:.2%} |\n\n"
+            f"Generated digits teach almost as much as real ones ({100 * (real['test_accuracy'] - generated['test_accuracy']):.2f} "
+            f"points short), and adding them to real digits does not hurt.")
+
+
 class LabTab:
     """Handlers (their parameter names are the API's) and the layout of the Lab tab."""
 
@@ -398,6 +419,9 @@ class LabTab:
                 d_table = gr.Dataframe(show_label=False, elem_id="difficulty-table")
         d_inputs = [d_samples, d_w, gr.State(DEFAULT_SAMPLER), gr.State(DEFAULT_STEPS), d_seed]
         d_button.click(self.difficulty, d_inputs, [d_plot, d_table, d_note], api_name="difficulty", **light)
+
+        with gr.Accordion("Generated digits as training data", open=True):
+            gr.Markdown(training_data_text(), elem_id="training-data")
 
         with gr.Accordion("Limitations of this model", open=True):
             gr.Markdown(self.limitations_text(), elem_id="limitations")
