@@ -28,22 +28,24 @@ SEEDS = 20
 
 
 def bench_quality(report: Report) -> None:
-    from diffusion.classifier import load_classifier
+    from diffusion.classifier import load_classifier, load_noise_classifier
     from diffusion.data import load_shipped_digits, to_model_range
-    from diffusion.editing import DEFAULT_EDIT_GUIDANCE, INPAINT_RESAMPLE, INPAINT_SAMPLER, INPAINT_STEPS
+    from diffusion.editing import (DEFAULT_EDIT_CLASSIFIER_SCALE, DEFAULT_EDIT_GUIDANCE, INPAINT_RESAMPLE,
+                                   INPAINT_SAMPLER, INPAINT_STEPS)
     from diffusion.pipeline import load_pipeline
     from ui.edit import preset_mask
 
-    pipe, judge = load_pipeline(), load_classifier()
+    pipe, judge = load_pipeline(judge=load_noise_classifier()), load_classifier()
     images, labels = load_shipped_digits()
+    sdedit = dict(guidance=DEFAULT_EDIT_GUIDANCE, classifier_scale=DEFAULT_EDIT_CLASSIFIER_SCALE)  # /edit's defaults
 
     def share(results: np.ndarray, digit: int) -> float:
-        return (judge.predict_proba(to_model_range(results)).argmax(1) == digit).float().mean().item()
+        return int((judge.predict_proba(to_model_range(results)).argmax(1) == digit).sum()) / len(results)
 
     as_eight, kept = [], []
     for i in np.flatnonzero(labels == 3):
-        strong = pipe.edit([8] * SEEDS, images[i], strength=0.6, guidance=DEFAULT_EDIT_GUIDANCE)
-        weak = pipe.edit([8] * SEEDS, images[i], strength=0.2, guidance=DEFAULT_EDIT_GUIDANCE)
+        strong = pipe.edit([8] * SEEDS, images[i], strength=0.6, **sdedit)
+        weak = pipe.edit([8] * SEEDS, images[i], strength=0.2, **sdedit)
         as_eight.append(share(strong, 8))
         kept.append(float(np.abs(weak.astype(float) - images[i]).mean() / 255))
         print(f"  shipped 3 #{i}: s = 0.6 -> {as_eight[-1]:.0%} eights; s = 0.2 -> mean change {kept[-1]:.3f}")

@@ -6,7 +6,7 @@ import torch
 
 from diffusion.data import load_shipped_digits, to_model_range
 from diffusion.digit_images import NotADigitImage, mnist_normalise
-from diffusion.editing import DEFAULT_EDIT_GUIDANCE, INPAINT_RESAMPLE, INPAINT_SAMPLER, INPAINT_STEPS
+from diffusion.editing import DEFAULT_EDIT_CLASSIFIER_SCALE, DEFAULT_EDIT_GUIDANCE, INPAINT_RESAMPLE, INPAINT_SAMPLER, INPAINT_STEPS
 from diffusion.server import NetworkServer
 
 
@@ -116,9 +116,10 @@ def test_an_edit_is_the_same_from_the_server_alone_or_in_a_crowd(tiny_random_pip
 
 @pytest.fixture(scope="module")
 def shipped_pipe():
+    from diffusion.classifier import load_noise_classifier
     from diffusion.pipeline import load_pipeline
 
-    return load_pipeline()
+    return load_pipeline(judge=load_noise_classifier())
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +132,10 @@ def trusted():
 def test_sdedit_turns_a_real_three_into_an_eight_at_s_0_6_and_keeps_it_at_0_2(shipped_pipe, trusted):
     """(The bar over every shipped 3 is measured by benchmarks/bench_editing.py.)"""
     three = shipped(3)
-    strong = shipped_pipe.edit([8] * 20, three, strength=0.6, guidance=DEFAULT_EDIT_GUIDANCE)
+    steer = dict(guidance=DEFAULT_EDIT_GUIDANCE, classifier_scale=DEFAULT_EDIT_CLASSIFIER_SCALE)
+    strong = shipped_pipe.edit([8] * 20, three, strength=0.6, **steer)
     assert (trusted.predict_proba(to_model_range(strong)).argmax(1) == 8).float().mean() >= 0.5
-    weak = shipped_pipe.edit([8] * 20, three, strength=0.2, guidance=DEFAULT_EDIT_GUIDANCE)
+    weak = shipped_pipe.edit([8] * 20, three, strength=0.2, **steer)
     assert (trusted.predict_proba(to_model_range(weak)).argmax(1) == 3).float().mean() >= 0.9  # still the 3
     assert np.abs(weak.astype(float) - three.astype(float)).mean() / 255 <= 0.1
 

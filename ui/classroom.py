@@ -170,14 +170,15 @@ class Classroom:
 
     def sampling_request(self, digit, samples_per_digit, guidance, sampler, steps, seed, *,
                          allow_all: bool = True, sweep_size: int = 1, max_samples: int = MAX_SAMPLES,
-                         max_work: int = MAX_WORK) -> SamplingRequest:
+                         max_work: int = MAX_WORK, classifier_scale=0.0) -> SamplingRequest:
         """Check a request from a page (digit may be 'all') and bound its work; raises gr.Error naming the bad value."""
         asked = digit_set(digit, allow_all)
         with user_errors():
             return check_sampling_request(asked, samples_per_digit=samples_per_digit, guidance=guidance,
                                           sampler=sampler, steps=steps, seed=seed,
                                           num_train_steps=self.pipe.num_train_steps, max_samples=max_samples,
-                                          max_work=max_work, sweep_size=sweep_size)
+                                          max_work=max_work, sweep_size=sweep_size,
+                                          classifier_scale=classifier_scale)
 
     def sample_with_guide(self, checked: SamplingRequest, guide: str) -> np.ndarray:
         """The request's samples, uint8 [N,28,28], steered by `guide` (one of GUIDES, see diffusion.requests):
@@ -242,5 +243,6 @@ def load_classroom(unet: str, classifier: str, clip_model: str | None, clip_pret
     if noise_aware.schedule.to_config() != pipe.schedule.to_config():
         raise ValueError(f"the noise-aware classifier {noise_classifier} was trained for another noise schedule "
                          f"({noise_aware.schedule.to_config()}) than the diffusion model's ({pipe.schedule.to_config()})")
+    pipe.judge = noise_aware  # the Python API's edits and classifier guidance match the server's
     return Classroom(pipe, load_classifier(classifier), LazyClip(clip_model, clip_pretrained), read_config(classifier),
                      noise_aware)

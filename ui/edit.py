@@ -11,9 +11,9 @@ import gradio as gr
 import numpy as np
 
 from diffusion.data import grid_image
-from diffusion.editing import (DEFAULT_EDIT_GUIDANCE, DEFAULT_STRENGTH, INPAINT_RESAMPLE, INPAINT_SAMPLER,
+from diffusion.editing import (DEFAULT_EDIT_CLASSIFIER_SCALE, DEFAULT_EDIT_GUIDANCE, DEFAULT_STRENGTH, INPAINT_RESAMPLE, INPAINT_SAMPLER,
                                INPAINT_STEPS, STRENGTH_STRIP)
-from diffusion.requests import DEFAULT_SAMPLER, DEFAULT_STEPS, check_edit_request
+from diffusion.requests import DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_CLASSIFIER_SCALE, check_edit_request
 
 from .classroom import Classroom, yield_to_the_network
 from .rendering import enlarge, new_figure
@@ -61,19 +61,24 @@ class EditTab:
             return images[checked_whole_number("shipped digit index", index, 0, len(images) - 1)]
         return read_digit(image, "the digit", mnist_frame=True)
 
-    def request(self, digit, samples, guidance, sampler, steps, seed, image, **edit):
-        checked = self.classroom.sampling_request(digit, samples, guidance, sampler, steps, seed, allow_all=False)
+    def request(self, digit, samples, guidance, sampler, steps, seed, image, classifier_scale=0.0, **edit):
+        checked = self.classroom.sampling_request(digit, samples, guidance, sampler, steps, seed, allow_all=False,
+                                                  classifier_scale=classifier_scale)
         with user_errors():
             return check_edit_request(checked, image, num_train_steps=self.classroom.pipe.num_train_steps, **edit)
 
     def edit(self, image=None, digit=8, strength=DEFAULT_STRENGTH, guidance=DEFAULT_EDIT_GUIDANCE,
-             sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, seed=0, request: gr.Request = None):
-        """SDEdit: noise the digit to t = strength·T and denoise it as `digit`. Returns the input as framed, the
-        result, a strip of the same seed at every strength, and the classifier's verdicts. image: an uploaded
-        file, or a shipped real digit's index (None: a real 3)."""
+             sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, seed=0, classifier_scale=DEFAULT_EDIT_CLASSIFIER_SCALE,
+             request: gr.Request = None):
+        """SDEdit: noise the digit to t = strength·T and denoise it as `digit` (with w, and classifier guidance at
+        classifier_scale; 0 = none). Returns the input as framed, the result, a strip of the same seed at every
+        strength, and the classifier's verdicts. image: an uploaded file, or a shipped real digit's index (None:
+        a real 3)."""
         source = self.source_digit(image)
-        chosen = self.request(digit, 1, guidance, sampler, steps, seed, source, strength=strength)
-        strip = [self.request(digit, 1, guidance, sampler, steps, seed, source, strength=s) for s in STRENGTH_STRIP]
+        steer = dict(classifier_scale=classifier_scale)
+        chosen = self.request(digit, 1, guidance, sampler, steps, seed, source, strength=strength, **steer)
+        strip = [self.request(digit, 1, guidance, sampler, steps, seed, source, strength=s, **steer)
+                 for s in STRENGTH_STRIP]
         yield_to_the_network()
         with self.classroom.sampling_slots.slot(request):
             images = np.concatenate(self.classroom.server.run([chosen] + strip))
@@ -89,16 +94,18 @@ class EditTab:
             ax.set_yticks([])
         t = round(chosen.strength * self.classroom.pipe.num_train_steps)
         verdict = (f"**s = {chosen.strength:g}** (noised to t = {t} of {self.classroom.pipe.num_train_steps}, then "
-                   f"{chosen.num_inference_steps} steps as a {asked} with w = {chosen.guidance:g}): the classifier sees "
+                   f"{chosen.num_inference_steps} steps as a {asked} with w = {chosen.guidance:g} and classifier guidance "
+                   f"{chosen.classifier_scale:g}): the classifier sees "
                    f"a **{scores.predicted_digit[0]}** (p({asked}) = {scores.confidence_requested[0]:.0%}). Mean change "
                    f"from the input: {np.abs(images[0].astype(float) - source).mean() / 255:.3f} (pixels in 0..1). "
                    f"Low s keeps the strokes; high s lets the label win.")
         return enlarge(source, LAB_IMAGE_SCALE), enlarge(images[0], LAB_IMAGE_SCALE), fig, verdict
 
-    def edit_drawing(self, drawing, digit, strength, guidance, sampler, steps, seed, request: gr.Request = None):
+    def edit_drawing(self, drawing, digit, strength, guidance, sampler, steps, seed, classifier_scale,
+                     request: gr.Request = None):
         """/edit on the sketchpad's picture (its composite image file) (UI only)."""
         composite = drawing.get("composite") if isinstance(drawing, dict) else None
-        return self.edit(composite, digit, strength, guidance, sampler, steps, seed, request)
+        return self.edit(composite, digit, strength, guidance, sampler, steps, seed, classifier_scale, request)
 
     def inpaint(self, image=None, mask="bottom", digit=7, samples=4, guidance=DEFAULT_EDIT_GUIDANCE, seed=0,
                 resample=INPAINT_RESAMPLE, request: gr.Request = None):
@@ -159,6 +166,9 @@ class EditTab:
                 e_strength = gr.Slider(0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength s (t = s·T)")
                 e_w = gr.Slider(**guidance)
                 e_seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                e_scale = gr.Slider(0, MAX_CLASSIFIER_SCALE, value=DEFAULT_EDIT_CLASSIFIER_SCALE, step=0.5,
+                                    label="Classifier guidance", info="the noise-aware classifier's pull toward "
+                                                                      "the new digit (0 = none)")
             with gr.Row():
                 e_button = gr.Button("Re-imagine the real digit", variant="primary")
                 e_draw_button = gr.Button("Re-imagine my drawing")
@@ -171,7 +181,8 @@ class EditTab:
                 e_result = gr.Image(format="png", label="the result", elem_classes="pixels", elem_id="edit-result")
             e_verdict = gr.Markdown(elem_id="edit-verdict")
             e_strip = gr.Plot(label="the same seed at every strength", format="png", elem_id="edit-strip")
-        e_inputs = [e_source, e_digit, e_strength, e_w, gr.State(DEFAULT_SAMPLER), gr.State(DEFAULT_STEPS), e_seed]
+        e_inputs = [e_source, e_digit, e_strength, e_w, gr.State(DEFAULT_SAMPLER), gr.State(DEFAULT_STEPS), e_seed,
+                    e_scale]
         e_outputs = [e_input, e_result, e_strip, e_verdict]
         e_button.click(self.edit, e_inputs, e_outputs, api_name="edit", **sampling)
         e_draw_button.click(self.edit_drawing, [e_sketch] + e_inputs[1:], e_outputs, api_visibility="private",
