@@ -404,10 +404,15 @@ class NetworkServer:
         eps = self._guided_eps(torch.cat([r.x for r in runs]), torch.cat(ts), torch.cat([r.labels for r in runs]),
                                torch.cat(ws))
         eps = list(eps.split([r.rows for r in runs]))
-        for i, (run, t) in enumerate(zip(runs, ts)):  # classifier guidance: the judge's gradient, run by run
-            if run.classifier_scale:
-                eps[i] = classifier_guided_eps(eps[i], run.x, t, run.labels, self.judge, run.classifier_scale,
-                                               self.schedule)
+        steered = [i for i, run in enumerate(runs) if run.classifier_scale]
+        if steered:  # classifier guidance: the judge's gradient for all those runs' rows in one pass
+            scales = torch.cat([torch.full((runs[i].rows,), runs[i].classifier_scale, device=self.device)
+                                for i in steered])
+            new = classifier_guided_eps(torch.cat([eps[i] for i in steered]), torch.cat([runs[i].x for i in steered]),
+                                        torch.cat([ts[i] for i in steered]), torch.cat([runs[i].labels for i in steered]),
+                                        self.judge, scales, self.schedule)
+            for i, part in zip(steered, new.split([runs[i].rows for i in steered])):
+                eps[i] = part
         return eps
 
     def _guided_eps(self, x, t, labels, w) -> torch.Tensor:
