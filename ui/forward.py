@@ -17,7 +17,7 @@ from .classroom import Classroom
 from .rendering import enlarge, schedule_plot
 from .settings import (FRAME_SCALE, INSTANT, LATEX, LIGHT_CONCURRENCY, MAX_FORWARD_T, MAX_SEED, SAMPLE_SCALE,
                        STRIP_FRAMES, UI_ONLY)
-from .uploads import read_digit
+from .uploads import read_digit, read_photo_digit
 from .validation import checked_real_number, checked_whole_number, invalid, one_of
 
 
@@ -54,9 +54,23 @@ class ForwardTab:
         return enlarge(images[checked_whole_number("shipped digit index", index, 0, len(images) - 1)], FRAME_SCALE)
 
     def load_image(self, image, request: gr.Request = None):
-        """x₀ from an uploaded image: any size, light or dark background, shrunk to 28×28, enlarged."""
+        """x₀ from an uploaded image: any size, light or dark background, shrunk to 28×28, enlarged. A picture
+        that is not one digit on a plain background (a photo's uneven background, too little contrast) is
+        refused, saying why."""
         with self.classroom.image_slots.slot(request):
-            return enlarge(read_digit(image, "image"), FRAME_SCALE)
+            digit, _ = read_photo_digit(image, "image")
+            return enlarge(digit, FRAME_SCALE)
+
+    def upload_note(self, image, request: gr.Request = None):
+        """The note beside x₀ after an upload: what the app did with the picture, or why it refused it (UI only)."""
+        if image is None:
+            return ""
+        try:
+            with self.classroom.image_slots.slot(request):
+                _, note = read_photo_digit(image, "image")
+            return note
+        except gr.Error as e:
+            return f"**Upload refused:** {e.message} x₀ is unchanged."
 
     def load_drawing(self, drawing, request: gr.Request = None):
         """x₀ from the sketchpad (its composite picture), shrunk to 28×28, enlarged."""
@@ -105,6 +119,19 @@ class ForwardTab:
         return enlarge(x_t, FRAME_SCALE), formula
 
     @staticmethod
+    def fit_beta_inputs(schedule):
+        """β start and β end are editable only for the schedules that use them (cosine ignores them; UI only)."""
+        used = schedule != "cosine"
+        info = None if used else "the cosine schedule ignores it"
+        return gr.Number(interactive=used, info=info), gr.Number(interactive=used, info=info)
+
+    @staticmethod
+    def cleared_after_failure():
+        """After a failed forward-noising request: no stale x_t, strip or plot from other settings (UI only)."""
+        return None, "**That setting was refused** (see the message): x_t, the strip and the plot were cleared.", \
+            None, None
+
+    @staticmethod
     def fit_t_slider(num_steps, t):
         """Keep the t slider inside 0 … T when T changes (UI only)."""
         num_steps = num_steps if is_number(num_steps) and 1 <= num_steps <= MAX_FORWARD_T else MAX_FORWARD_T
@@ -131,13 +158,19 @@ class ForwardTab:
                                               brush=gr.Brush(default_size=22, colors=["#ffffff"], color_mode="fixed"),
                                               layers=False, elem_id="sketch")
                         use_drawing = gr.Button("Use my drawing")
-            x0 = gr.Image(self.shipped_digit(0), label="x₀ (28×28)", type="filepath", format="png", height=240,
-                          interactive=False, elem_classes="pixels", elem_id="x0", scale=1)
+            with gr.Column(scale=1):
+                x0 = gr.Image(self.shipped_digit(0), label="x₀ (28×28)", type="filepath", format="png", height=240,
+                              interactive=False, elem_classes="pixels", elem_id="x0")
+                upload_note = gr.Markdown(elem_id="upload-note")
         with gr.Row():
             schedule = gr.Radio(list(SCHEDULE_NAMES), value=model_schedule.name, label="β schedule")
-            beta_start = gr.Number(model_schedule.beta_start, label="β start", step=1e-4, minimum=0, maximum=1)
-            beta_end = gr.Number(model_schedule.beta_end, label="β end", step=1e-3, minimum=0, maximum=1)
-            num_steps = gr.Slider(1, MAX_FORWARD_T, value=model_schedule.num_train_steps, step=1, label="T (steps)")
+            uses_betas = model_schedule.name != "cosine"
+            beta_start = gr.Number(model_schedule.beta_start, label="β start", step=1e-4, minimum=0, maximum=1,
+                                   interactive=uses_betas, elem_id="beta-start")
+            beta_end = gr.Number(model_schedule.beta_end, label="β end", step=1e-3, minimum=0, maximum=1,
+                                 interactive=uses_betas, elem_id="beta-end")
+            num_steps = gr.Slider(1, MAX_FORWARD_T, value=model_schedule.num_train_steps, step=1, label="T (steps)",
+                                  elem_id="T-slider")
             seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Noise seed")
         t = gr.Slider(0, model_schedule.num_train_steps, value=model_schedule.num_train_steps // 4, step=1,
                       label="t", elem_id="t-slider")
@@ -153,15 +186,21 @@ class ForwardTab:
 
         light = {"preprocess": False, "concurrency_id": "light", "concurrency_limit": LIGHT_CONCURRENCY}
         shipped.input(self.shipped_digit, shipped, x0, api_name="shipped_digit", **light)
-        upload.upload(self.load_image, upload, x0, api_name="load_image", **light)
+        upload.upload(self.load_image, upload, x0, api_name="load_image", **light).then(
+            self.upload_note, upload, upload_note, api_visibility="private", **light)
+        for picked in (shipped.input, use_drawing.click):
+            picked(lambda: "", None, upload_note, **UI_ONLY)
         use_drawing.click(self.load_drawing, sketch, x0, api_name="load_drawing", **light)
         settings = [x0, schedule, beta_start, beta_end, num_steps, t, seed]
         forward = {"fn": self.forward_noising, "inputs": settings, "outputs": [x_t, formula, strip, plot], **light}
-        x0.change(api_name="forward_noising", **forward)
+        clear = {"fn": self.cleared_after_failure, "inputs": None, "outputs": forward["outputs"], **UI_ONLY}
+        x0.change(api_name="forward_noising", **forward).failure(**clear)
+        schedule.change(self.fit_beta_inputs, schedule, [beta_start, beta_end], **UI_ONLY)
         for control in (schedule, beta_start, beta_end, seed):
-            control.change(api_visibility="private", **forward)
-        num_steps.release(self.fit_t_slider, [num_steps, t], t, **UI_ONLY).then(
-            api_visibility="private", **forward)
+            control.change(api_visibility="private", **forward).failure(**clear)
+        # .change, not .release: typing T in its box (and Enter) must refit t too, not only dragging
+        num_steps.change(self.fit_t_slider, [num_steps, t], t, trigger_mode="always_last", **UI_ONLY).then(
+            api_visibility="private", **forward).failure(**clear)
         t.input(self.noise_at_t, settings, [x_t, formula], api_name="noise_at_t", trigger_mode="always_last",
                 show_progress="hidden", **INSTANT)
         return forward

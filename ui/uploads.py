@@ -7,12 +7,14 @@ can leave out the "meta" key that would make gradio check it, so the app checks 
 """
 from __future__ import annotations
 
+import io
 import os
 import stat
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 from diffusion.digit_images import NotADigitImage, digit_from_bytes
 from diffusion.requests import short_repr
@@ -70,3 +72,61 @@ def read_digit(payload, what: str, mnist_frame: bool = False) -> np.ndarray:
         return digit_from_bytes(data, mnist_frame=mnist_frame)
     except NotADigitImage as e:
         raise invalid(f"{what}: {e}") from None
+
+
+# --- Photos: one digit on a plain background, or a clear refusal --------------------------------------------
+PAPER_TOLERANCE = 8        # a background this dark (of 255) is black already: the picture is left as it is
+MIN_CONTRAST = 64          # the ink (its 4th brightest pixel) stands at least this far above the paper (the median)
+MAX_PAPER_SPREAD = 0.5     # a photo's paper greys (95th − 5th percentile) spread at most this share of the contrast
+MAX_INK_SHARE = 0.45       # a digit covers under half the picture; more is a scene, a texture or a filled box
+
+
+def level_photo(digit: np.ndarray) -> tuple[np.ndarray, str | None, float, float]:
+    """A 28×28 digit (light ink on dark, as `digit_from_bytes` makes it) with its paper made black and its ink
+    stretched to white, unless it is so already; returns (levelled, problem or None, paper level, contrast)."""
+    pixels = np.asarray(digit, dtype=np.float64)
+    paper, ink = float(np.median(pixels)), float(np.sort(pixels, axis=None)[-4])  # the 4th brightest
+    contrast = ink - paper
+    if contrast < MIN_CONTRAST:
+        return digit, ("the digit hardly stands out from the background (too little contrast). Write with a "
+                       "thicker, darker pen in good light, or raise the picture's contrast."), paper, contrast
+    levelled = pixels
+    if paper > PAPER_TOLERANCE or ink < 255 - PAPER_TOLERANCE:
+        levelled = ((pixels - paper) * 255 / contrast).clip(0, 255)
+    # the paper's greys (not the ink, not the black padding that made the picture square) should be even
+    paper_pixels = pixels[(pixels > 0) & (pixels < paper + contrast / 2)]
+    spread = np.percentile(paper_pixels, 95) - np.percentile(paper_pixels, 5) if paper_pixels.size else 0.0
+    problem = None
+    if paper > PAPER_TOLERANCE and spread > MAX_PAPER_SPREAD * contrast:
+        problem = ("its background is not plain (uneven light, shadows or other things around the digit). "
+                   "Photograph one digit on plain paper in even light, or crop the picture to the digit.")
+    elif (levelled > 128).mean() > MAX_INK_SHARE:
+        problem = "over half of the picture is ink: upload a single digit on a plain background."
+    return levelled.round().astype(np.uint8), problem, paper, contrast
+
+
+def photo_problem(digit: np.ndarray) -> str | None:
+    """Why a 28×28 digit (light ink on dark) is not one digit on a plain background, or None if it is."""
+    return level_photo(digit)[1]
+
+
+def read_photo_digit(payload, what: str) -> tuple[np.ndarray, str]:
+    """An uploaded picture as a digit, uint8 [28,28] (grey paper levelled to black), and a note on what the app
+    did with it. Raises gr.Error (saying why and what to do) for a picture that is not one digit on a plain
+    background."""
+    data = read_uploaded_bytes(payload, what)
+    try:
+        digit = digit_from_bytes(data)
+    except NotADigitImage as e:
+        raise invalid(f"{what}: {e}") from None
+    levelled, problem, paper, contrast = level_photo(digit)
+    if problem is not None:
+        raise invalid(f"{what} refused: {problem}")
+    with Image.open(io.BytesIO(data)) as picture:  # the header only: the size, for the note
+        width, height = picture.size
+    note = (f"**Your {width}×{height} picture** was padded to a square and shrunk to 28×28, its ink made white on "
+            f"black like MNIST's digits (dark ink on a light background is inverted)")
+    if levelled is not digit:
+        note += (f"; its paper (grey level {paper:.0f} of 255 after that) was made black and the ink stretched to "
+                 f"white (contrast {contrast:.0f})")
+    return levelled, note + "."
