@@ -1,4 +1,5 @@
-"""The sampling controls the Generate and Reverse-process tabs share: digit, w, sampler, steps, seed."""
+"""The sampling controls the Generate and Reverse-process tabs share: digit, w, sampler, steps, seed; the bound
+on samples × steps that the sliders keep to; and the page header's presenter-mode switch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from diffusion.requests import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS,
 from diffusion.sampling import SAMPLERS
 
 from .classroom import Classroom
-from .settings import MAX_FEW_STEPS, MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE, UI_ONLY
+from .settings import ALL_DIGITS, MAX_FEW_STEPS, MAX_GUIDANCE, MAX_SAMPLES, MAX_SEED, MAX_WORK, MIN_GUIDANCE, UI_ONLY
 
 RANDOM_SEED_JS = f"() => Math.floor(Math.random() * {MAX_SEED})"
 
@@ -49,3 +50,58 @@ def sampling_controls(classroom: Classroom, digit_choices: list, default_digit: 
 
     sampler.change(fit_steps_slider, [sampler, steps], steps, **UI_ONLY)
     return SamplingControls(digit, guidance, sampler, steps, seed, dice)
+
+
+def samples_cap(digit, steps) -> int:
+    """The most samples per digit a request may ask for with these steps: MAX_SAMPLES in all and samples × steps
+    ≤ MAX_WORK (the server's own bounds), so the sliders cannot ask for work the server refuses."""
+    digits = 10 if digit == ALL_DIGITS else 1
+    high = MAX_SAMPLES // digits
+    if is_number(steps) and steps >= 1:
+        high = min(high, MAX_WORK // (digits * int(steps)))
+    return max(1, high)
+
+
+def fit_samples_slider(digit, samples, steps):
+    """Cap the samples-per-digit slider for the chosen digit(s) and steps (UI only): more steps, fewer samples."""
+    high = samples_cap(digit, steps)
+    value = min(int(samples), high) if is_number(samples) and samples >= 1 else 1
+    return gr.Slider(maximum=high, value=value, info=samples_info(digit, steps))
+
+
+def samples_info(digit, steps) -> str:
+    shown = int(steps) if is_number(steps) and steps >= 1 else None
+    why = f"; with {shown} steps, at most {samples_cap(digit, steps)} per digit" if shown else ""
+    return f"at most {MAX_SAMPLES} samples in all, samples × steps ≤ {MAX_WORK:,}{why}"
+
+
+# --- Presenter mode: large text and images, dark, compact; a class on <body> (CSS in settings.py) ---------------
+PRESENTER_JS = """(on) => {
+  const body = document.body;
+  if (on && !body.classList.contains("presenter")) body.dataset.wasDark = body.classList.contains("dark") ? "1" : "";
+  body.classList.toggle("presenter", !!on);
+  body.classList.toggle("dark", on ? true : body.dataset.wasDark === "1");
+  const url = new URL(window.location.href);
+  if (on) url.searchParams.set("presenter", "1"); else url.searchParams.delete("presenter");
+  window.history.replaceState(null, "", url);
+  window.dispatchEvent(new Event("resize"));  // plots and the tab bar measure themselves again
+}"""
+PRESENTER_FROM_URL_JS = "() => new URLSearchParams(window.location.search).get('presenter') === '1'"
+
+
+def presenter_toggle(demo: gr.Blocks) -> gr.Checkbox:
+    """The header's "Presenter mode" switch; `?presenter=1` in the address turns it on when the page opens.
+    Both only toggle a class in the browser: nothing reaches the server."""
+    toggle = gr.Checkbox(False, label="Presenter mode (large, dark)", container=False, elem_id="presenter-toggle",
+                         elem_classes="presenter-toggle", scale=0, min_width=220)
+    toggle.change(None, toggle, None, js=PRESENTER_JS, api_visibility="private")
+    demo.load(None, None, toggle, js=PRESENTER_FROM_URL_JS, api_visibility="private")
+    return toggle
+
+
+def wrap_tabs(demo: gr.Blocks) -> None:
+    """Every tab one tap away on a phone: the tab bar wraps onto more rows instead of hiding tabs behind a
+    "•••" menu (the page's tabs sit in the gr.Tabs that gradio makes around them)."""
+    for block in demo.blocks.values():
+        if isinstance(block, gr.Tabs):
+            block.overflow_behavior = "wrap"

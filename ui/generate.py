@@ -2,16 +2,19 @@
 guidance sweep (the same seed at several w).  Endpoints: /generate, /guidance_sweep, /clip_status."""
 from __future__ import annotations
 
+import html
+
 import gradio as gr
+import numpy as np
 
 from diffusion.data import grid_image
 from diffusion.digit_images import pixel_diversity
 from diffusion.recognisability import RECOGNISABLE_PROBABILITY
-from diffusion.requests import DEFAULT_GUIDE, GUIDES, is_number
+from diffusion.requests import DEFAULT_GUIDE, GUIDES
 from diffusion.scoring import DEFAULT_QUALITY_PROMPTS
 
 from .classroom import Classroom, yield_to_the_network
-from .controls import RANDOM_SEED_JS, sampling_controls
+from .controls import RANDOM_SEED_JS, fit_samples_slider, samples_cap, samples_info, sampling_controls
 from .rendering import agreement_panel, enlarge, sample_cards, scores_table, sweep_figure
 from .settings import (ALL_DIGITS, DEFAULT_SWEEP, GRID_SCALE, MAX_PROMPTS, MAX_SAMPLES, MAX_SWEEP_VALUES, MAX_WORK,
                        SAMPLING_CONCURRENCY, UI_ONLY)
@@ -19,12 +22,39 @@ from .validation import guidance_values, one_of, quality_prompts
 
 
 def clip_status_text(status: str) -> str:
+    """One short line for students; when CLIP is unavailable, why (and what a teacher can do) in a closed
+    <details> under it."""
     if status == "ready":
         return "**CLIP:** ready. Its zero-shot scores appear beside each sample."
     if status.startswith("unavailable"):
-        return (f"**CLIP unavailable:** {status.removeprefix('unavailable: ')}  \n"
-                f"Everything else works; samples are scored by the digit classifier alone.")
+        why = html.escape(status.removeprefix("unavailable: "))
+        return ("**CLIP unavailable**: samples are scored by the digit classifier alone; everything else works.\n\n"
+                f'<details class="clip-details"><summary>Why, and how to turn CLIP on (for the teacher)</summary>'
+                f"{why}</details>")
     return f"**CLIP:** {status}… (it loads in the background; the classifier's scores work meanwhile)"
+
+
+# What empty panels say before the first click (and after a failed one)
+CARDS_PROMPT = ('<p class="empty-prompt">Press <b>Generate</b>: each sample appears here beside the digit classifier\'s '
+                "verdict, with a summary line (accuracy, mean confidence, diversity) above them.</p>")
+CARDS_FAILED = ('<p class="empty-prompt stale">The last request failed (see the message): its old results were '
+                "cleared so they are not mistaken for this request's.</p>")
+SWEEP_PROMPT = ("*Press **Run guidance sweep** to see the same seed drawn at each w above, one row per w, with "
+                "each row's fidelity and diversity.*")
+SWEEP_FAILED = "*The last sweep failed (see the message): its old results were cleared.*"
+COMPACT_JS = "(on) => { document.querySelector('#sample-cards')?.classList.toggle('compact', !!on); }"
+
+
+def summary_line(digits, classifier, images, samples_per_digit: int) -> str:
+    """HTML: how many samples the classifier reads as the asked digit, its mean confidence, and their diversity."""
+    right = int(np.sum(np.asarray(classifier.predicted_digit) == np.asarray(digits)))
+    n = len(digits)
+    spread = pixel_diversity(images, samples_per_digit)
+    diversity = (f"diversity {spread:.3f}" if spread is not None
+                 else "diversity – (needs 2 or more samples per digit)")
+    return (f'<p class="sample-summary"><b>{n} sample{"s" if n != 1 else ""}: the classifier reads {right} of {n} '
+            f"as the asked digit ({right / n:.0%})</b> · mean confidence {np.mean(classifier.confidence_requested):.0%}"
+            f" · {diversity}</p>")
 
 
 class GenerateTab:
@@ -47,9 +77,12 @@ class GenerateTab:
             images = self.classroom.sample_with_guide(checked, guide)
         digits = list(checked.digits)
         scores = self.classroom.score(images, digits, prompts)
-        cards = sample_cards(images, digits, scores.classifier, scores.clip, range(len(images)))
-        agreement_text, disagreements = agreement_panel(images, digits, scores.classifier, scores.clip,
-                                                        scores.clip_note)
+        cards = (summary_line(digits, scores.classifier, images, checked.samples_per_digit)
+                 + sample_cards(images, digits, scores.classifier, scores.clip, range(len(images))))
+        note = scores.clip_note
+        if scores.clip is None and self.classroom.clip.status().startswith("unavailable"):
+            note = "CLIP is unavailable on this machine (why: the note at the top of this panel)."
+        agreement_text, disagreements = agreement_panel(images, digits, scores.classifier, scores.clip, note)
         grid = enlarge(grid_image(images, nrow=10), GRID_SCALE)
         return cards, grid, scores_table(digits, scores.classifier, scores.clip), agreement_text, disagreements
 
@@ -86,11 +119,16 @@ class GenerateTab:
         text = self.clip_status()
         return text, gr.Timer(active=self.classroom.clip.status() in ("not loaded", "loading"))
 
+    fit_samples_slider = staticmethod(fit_samples_slider)  # (digit, samples, steps): UI only
+
     @staticmethod
-    def fit_samples_slider(digit, samples):
-        """'all ten' allows 10 samples per digit, a single digit 100 (UI only)."""
-        high = MAX_SAMPLES // 10 if digit == ALL_DIGITS else MAX_SAMPLES
-        return gr.Slider(maximum=high, value=min(samples, high) if is_number(samples) else 1)
+    def cleared_after_failure():
+        """What the outputs show after a failed /generate: no stale results (UI only)."""
+        return CARDS_FAILED, None, None, "", ""
+
+    @staticmethod
+    def sweep_cleared_after_failure():
+        return None, SWEEP_FAILED
 
     def layout(self) -> gr.Markdown:
         """Build the tab inside the current gr.Tab; returns its CLIP status line (the page's timer updates it)."""
@@ -101,8 +139,8 @@ class GenerateTab:
             with gr.Column(scale=1, min_width=300):
                 digit_choices = [("all ten", ALL_DIGITS)] + [(str(d), str(d)) for d in range(10)]
                 c = sampling_controls(self.classroom, digit_choices, ALL_DIGITS)
-                samples = gr.Slider(1, MAX_SAMPLES // 10, value=1, step=1, label="Samples per digit",
-                                    info=f"at most {MAX_SAMPLES} samples in all")
+                samples = gr.Slider(1, samples_cap(ALL_DIGITS, c.steps.value), value=1, step=1,
+                                    label="Samples per digit", info=samples_info(ALL_DIGITS, c.steps.value))
                 guide = gr.Radio(list(GUIDES), value=DEFAULT_GUIDE, label="Steer toward the digit with",
                                  info="classifier-free: w alone (the course's); classifier: plus a noise-aware "
                                       "classifier's gradient; best-of-4: keep the likeliest of 4 candidates")
@@ -115,9 +153,13 @@ class GenerateTab:
                     sweep_button = gr.Button("Run guidance sweep")
             with gr.Column(scale=2):
                 clip_status = gr.Markdown(clip_status_text(self.classroom.clip.status()), elem_id="clip-status")
-                cards = gr.HTML(label="Samples and their scores", elem_id="sample-cards")
+                compact = gr.Checkbox(False, label="Compact grid (images only; red frame = the classifier reads "
+                                      "another digit)", elem_id="compact-toggle", container=False)
+                cards = gr.HTML(CARDS_PROMPT, label="Samples and their scores", elem_id="sample-cards")
                 with gr.Accordion("Where CLIP and the classifier disagree", open=True):
-                    agreement_text = gr.Markdown(elem_id="agreement")
+                    agreement_text = gr.Markdown("*After **Generate**: how often CLIP's digit matches the "
+                                                 "classifier's, and the samples where they differ.*",
+                                                 elem_id="agreement")
                     disagreements = gr.HTML(elem_id="disagreements")
                 with gr.Accordion("Scores table", open=False):
                     table = gr.Dataframe(show_label=False, elem_id="scores", max_height=400)
@@ -125,15 +167,22 @@ class GenerateTab:
                     grid = gr.Image(show_label=False, format="png", interactive=False, elem_classes="pixels",
                                     elem_id="samples-grid")
                 sweep_plot = gr.Plot(label="Guidance sweep", show_label=False, format="png", elem_id="sweep-plot")
-                sweep_table = gr.Markdown(elem_id="sweep-table")
+                sweep_table = gr.Markdown(SWEEP_PROMPT, elem_id="sweep-table")
 
-        c.digit.change(self.fit_samples_slider, [c.digit, samples], samples, **UI_ONLY)
+        for control in (c.digit, c.steps):  # more steps, fewer samples: samples × steps ≤ MAX_WORK
+            control.change(self.fit_samples_slider, [c.digit, samples, c.steps], samples, trigger_mode="always_last",
+                           **UI_ONLY)
+        compact.change(None, compact, None, js=COMPACT_JS, api_visibility="private")
         inputs = [c.digit, samples, c.guidance, c.sampler, c.steps, c.seed, prompts, guide]
         outputs = [cards, grid, table, agreement_text, disagreements]
         sampling = {"concurrency_id": "sampling", "concurrency_limit": SAMPLING_CONCURRENCY, "preprocess": False}
-        generate_button.click(self.generate, inputs, outputs, api_name="generate", **sampling)
+        # a failed request clears its outputs: an error must not leave other settings' results on show
+        generate_button.click(self.generate, inputs, outputs, api_name="generate", **sampling).failure(
+            self.cleared_after_failure, None, outputs, **UI_ONLY)
         c.dice.click(None, js=RANDOM_SEED_JS, outputs=c.seed, api_visibility="private").then(
-            self.generate, inputs, outputs, api_visibility="private", **sampling)
+            self.generate, inputs, outputs, api_visibility="private", **sampling).failure(
+            self.cleared_after_failure, None, outputs, **UI_ONLY)
         sweep_button.click(self.guidance_sweep, [c.digit, samples, sweep_values, c.sampler, c.steps, c.seed],
-                           [sweep_plot, sweep_table], api_name="guidance_sweep", **sampling)
+                           [sweep_plot, sweep_table], api_name="guidance_sweep", **sampling).failure(
+            self.sweep_cleared_after_failure, None, [sweep_plot, sweep_table], **UI_ONLY)
         return clip_status

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 PLOT_DPI = 100                      # pixels per inch of the figures saved as files
-SCHEDULE_FIGURE_INCHES = (9, 3.2)   # ᾱ(t) and log-SNR side by side
+SCHEDULE_FIGURE_INCHES = (11, 4.2)  # ᾱ(t) and log-SNR side by side
+PLOT_FONT_PT = 14                   # every text of the figures drawn here: legible from the back of a room
 
 
 def enlarge(images: np.ndarray, scale: int) -> np.ndarray:
@@ -47,6 +48,18 @@ def new_figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def legible(fig: Figure) -> Figure:
+    """Every text of `fig` (titles, labels, tick labels, legends) at least PLOT_FONT_PT."""
+    from matplotlib.text import Text
+
+    for ax in fig.axes:
+        ax.tick_params(labelsize=PLOT_FONT_PT)
+    for text in fig.findobj(Text):
+        if text.get_fontsize() < PLOT_FONT_PT:
+            text.set_fontsize(PLOT_FONT_PT)
+    return fig
 
 
 def keep_newest(folder: Path, pattern: str, keep: int) -> None:
@@ -78,7 +91,8 @@ def sample_cards(images: np.ndarray, digits: Sequence[int], classifier: Classifi
             if k.quality_prompts:
                 best = int(k.quality_probs[i].argmax())
                 lines.append(f"“{html.escape(k.quality_prompts[best])}” {k.quality_probs[i, best]:.0%}")
-        cards.append(f'<div class="sample-card"><img src="{png_data_uri(images[i])}" alt="sample {i + 1}">'
+        miss = " data-miss" if c.predicted_digit[i] != d else ""  # the compact grid frames it in red
+        cards.append(f'<div class="sample-card"{miss}><img src="{png_data_uri(images[i])}" alt="sample {i + 1}">'
                      f'<div>{"<br>".join(lines)}</div></div>')
     return f'<div class="sample-cards">{"".join(cards)}</div>'
 
@@ -120,13 +134,13 @@ def sweep_figure(ws: list[float], grids: list[np.ndarray], captions: list[str]) 
     """The guidance sweep: one row of samples per w (the same seed, so columns match), each row
     labelled with w and its scores. grids: uint8 [H,W] pictures of equal size."""
     height, width = grids[0].shape
-    fig = new_figure(1.6 + width / 60, 0.3 + len(ws) * (height / 60 + 0.15))
+    fig = new_figure(2.6 + width / 60, 0.3 + len(ws) * max(height / 60 + 0.15, 0.6))
     for ax, w, grid, caption in zip(np.atleast_1d(fig.subplots(len(ws), 1)), ws, grids, captions):
         ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_ylabel(f"w = {w:g}\n{caption}", rotation=0, ha="right", va="center", fontsize=9)
+        ax.set_ylabel(f"w = {w:g}\n{caption}", rotation=0, ha="right", va="center", fontsize=PLOT_FONT_PT)
         ax.set_xticks([])
         ax.set_yticks([])
-    return fig
+    return legible(fig)
 
 
 # --- Forward noising -------------------------------------------------------------------------------------
@@ -158,7 +172,8 @@ def schedule_figure(schedules: dict[str, NoiseSchedule], chosen: str) -> Figure:
         ax_snr.plot(t[1:], schedule.log_snr[1:].numpy(), label=label, **style)
     ax_bar.set(xlabel="t", ylabel="ᾱ(t)", title="How much of x₀ survives: ᾱ(t)")
     ax_snr.set(xlabel="t", ylabel="log SNR(t)", title="log signal-to-noise ratio")
-    ax_bar.legend(fontsize=8, loc="lower left")
+    ax_bar.legend(fontsize=PLOT_FONT_PT, loc="upper right")
+    legible(fig)
     return fig
 
 
