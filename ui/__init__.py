@@ -25,6 +25,7 @@ from starlette.middleware import Middleware
 
 from . import how_it_works
 from .classroom import Classroom, load_classroom
+from .controls import presenter_toggle, wrap_tabs
 from .forward import ForwardTab
 from .generate import GenerateTab
 from .edit import EditTab
@@ -43,8 +44,10 @@ def build_app(classroom: Classroom) -> gr.Blocks:
     """The four tabs wired to `classroom`."""
     generate, reverse, forward = GenerateTab(classroom), ReverseTab(classroom), ForwardTab(classroom)
     with gr.Blocks(title="MNIST Diffusion Classroom", delete_cache=(1800, 3600)) as demo:
-        gr.Markdown("# MNIST Diffusion Classroom\nA class-conditional diffusion model (DDPM) drawing handwritten "
-                    "digits, step by step.")
+        with gr.Row(elem_id="page-header"):
+            gr.Markdown("# MNIST Diffusion Classroom\nA class-conditional diffusion model (DDPM) drawing handwritten "
+                        "digits, step by step.")
+            presenter_toggle(demo)  # large and dark for a projector; also ?presenter=1 in the address
         with gr.Tab("Generate", id="generate"):
             clip_status = generate.layout()
         with gr.Tab("Reverse process", id="reverse"):
@@ -64,6 +67,7 @@ def build_app(classroom: Classroom) -> gr.Blocks:
         demo.load(generate.clip_status, None, clip_status, api_name="clip_status", concurrency_id="ui",
                   concurrency_limit=8)
         demo.load(api_visibility="private", **forward_event)
+    wrap_tabs(demo)  # on a phone every tab is one tap away: no "•••" menu
     return demo
 
 

@@ -90,3 +90,66 @@ DEFAULT_EDIT_SOURCE = 9      # the shipped real digits' index of the 3 that /edi
 DEFAULT_INPAINT_SOURCE = 21  # … and of the 7 that /inpaint starts from
 MASK_PRESETS = ("top", "bottom", "left", "right")
 MAX_INPAINT_SAMPLES = 8
+
+# --- Readable from the back of the room, usable on a phone (issue 16; ui/controls.py's presenter_toggle) ------------
+PRESENTER_TEXT_PX = 20       # presenter mode: body text at least this
+PRESENTER_IMAGE_PX = 320     # … the digit images (x₀, x_t, x̂₀) at least this wide
+PRESENTER_PLOT_TEXT_PX = 19  # … the native plots' text (≈ 14 pt); the matplotlib figures use rendering.PLOT_FONT_PT
+PHONE_MAX_PX = 640           # below this width: the phone layout
+CSS += f"""
+#page-header {{ align-items: center; }}
+#page-header .presenter-toggle {{ flex: 0 0 auto; }}
+.empty-prompt {{ padding: 14px; border: 1px dashed var(--border-color-primary); border-radius: 8px; opacity: .85; }}
+.empty-prompt.stale {{ border-color: #c2410c; }}
+.sample-summary {{ margin: 0 0 8px; font-size: 1.05em; }}
+#sample-cards.compact .sample-cards {{ grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)); gap: 4px; }}
+#sample-cards.compact .sample-card {{ padding: 2px; border-width: 2px; }}
+#sample-cards.compact .sample-card > div {{ display: none; }}
+#sample-cards.compact .sample-card img {{ width: 100%; height: auto; }}
+#sample-cards.compact .sample-card[data-miss] {{ border-color: #c2410c; }}
+.clip-details summary {{ cursor: pointer; opacity: .8; }}
+/* Empty image panels say what fills them */
+#x-t:not(:has(img))::after, #x0-hat:not(:has(img))::after, #forward-x-t:not(:has(img))::after,
+#all-ten:not(:has(img))::after {{
+  content: "appears when you press the button on the left"; display: block; padding: 8px; text-align: center;
+  opacity: .7; }}
+#all-ten:not(:has(img))::after {{ content: "press “All ten digits at once” to draw the filmstrip"; }}
+
+/* Presenter mode: a class on <body>, with gradio's own dark theme */
+body.presenter {{
+  --text-xxs: 16px; --text-xs: 17px; --text-sm: {PRESENTER_PLOT_TEXT_PX}px; --text-md: {PRESENTER_TEXT_PX}px;
+  --text-lg: 24px; --text-xl: 28px; --text-xxl: 32px;
+  --block-label-text-size: 18px; --block-info-text-size: 18px; --block-title-text-size: 20px;
+  --section-header-text-size: 20px; --input-text-size: {PRESENTER_TEXT_PX}px; --button-large-text-size: 22px;
+  --button-small-text-size: 18px; --checkbox-label-text-size: 18px;
+  --layout-gap: 8px; --block-padding: 6px 10px; --form-gap-width: 1px; --spacing-lg: 6px; --spacing-xl: 8px;
+  font-size: {PRESENTER_TEXT_PX}px;
+}}
+body.presenter .prose, body.presenter .md, body.presenter .md p, body.presenter .md li, body.presenter .md td,
+body.presenter .md th, body.presenter .sample-card, body.presenter label, body.presenter button {{
+  font-size: max({PRESENTER_TEXT_PX}px, 1em); }}
+body.presenter .md h1 {{ font-size: 32px; }}
+body.presenter .pixels img, body.presenter #player .frame > img {{
+  min-width: {PRESENTER_IMAGE_PX}px; min-height: {PRESENTER_IMAGE_PX}px; object-fit: contain; }}
+body.presenter .pixels:not(.gallery):not(#strip) .image-container,
+body.presenter .pixels:not(#strip) [data-testid="image"] {{ height: auto !important; min-height: {PRESENTER_IMAGE_PX}px; }}
+body.presenter .sample-card img {{ width: 112px; height: 112px; }}
+body.presenter #strip img {{ min-width: 0; min-height: 0; }}
+body.presenter .vega-embed text, body.presenter .vega-embed .vega-bind {{ font-size: {PRESENTER_PLOT_TEXT_PX}px !important; }}
+body.presenter [data-testid="block-info"] {{ display: none; }}  /* compact: the slider explanations go */
+
+/* Phone: every tab one tap away (ui.controls.wrap_tabs), nothing wider than the screen */
+@media (max-width: {PHONE_MAX_PX}px) {{
+  .tab-wrapper .tab-container {{ flex-wrap: wrap; height: auto; }}
+  .tab-wrapper button[role="tab"] {{ padding: 6px 9px; }}
+  .gradio-container {{ padding-left: 6px !important; padding-right: 6px !important; }}
+  .gradio-container img, .gradio-container canvas, .gradio-container svg {{ max-width: 100%; }}
+  .gradio-container .row:has(> #x-t), .gradio-container .row:has(> #x0-hat) {{ flex-wrap: nowrap !important; }}
+  #x-t, #x0-hat {{ min-width: 0 !important; flex: 1 1 0 !important; }}
+  #player .frame > img {{ width: calc(50% - 8px) !important; height: auto !important; margin-right: 4px !important; }}
+  #player .player-heads span {{ width: calc(50% - 8px) !important; margin-right: 4px !important; }}
+  #strip .grid-container {{ grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }}
+  .md table, .prose table {{ display: block; overflow-x: auto; max-width: 100%; }}
+  .md pre, .prose pre {{ overflow-x: auto; max-width: 100%; }}
+}}
+"""
