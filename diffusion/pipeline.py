@@ -64,14 +64,15 @@ class DigitDiffusion:
                                       classifier_scale=classifier_scale,
                                       num_train_steps=self.num_train_steps)
 
-    def run(self, request: SamplingRequest) -> Iterator[SamplerStep]:
-        """Yield a `SamplerStep` (x_t and x̂_0, float [B,1,28,28] in [-1,1]) after each step of a checked request."""
+    def run(self, request: SamplingRequest, x0_score=None, x0_scale: float = 0.0) -> Iterator[SamplerStep]:
+        """Yield a `SamplerStep` (x_t and x̂_0, float [B,1,28,28] in [-1,1]) after each step of a checked request.
+        x0_score, x0_scale: guidance by a judge of x̂_0, e.g. CLIP toward prompts (`sampling.x0_guided_eps`)."""
         generator = torch.Generator().manual_seed(request.seed)
         sampler, x_T = prepare_run(request, self.schedule, generator, next(self.model.parameters()).device)
         yield from sample_steps(self.model, self.schedule, torch.tensor(request.digits), guidance=request.guidance,
                                 sampler=sampler, x_T=x_T, generator=generator,
                                 guidance_interval=request.guidance_interval, judge=self.judge,
-                                classifier_scale=request.classifier_scale)
+                                classifier_scale=request.classifier_scale, x0_score=x0_score, x0_scale=x0_scale)
 
     def denoising_steps(self, digits: Sequence[int], **settings) -> Iterator[SamplerStep]:
         """Yield a `SamplerStep` (x_t and x̂_0, float [B,1,28,28] in [-1,1]) after each step.

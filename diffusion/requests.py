@@ -41,10 +41,14 @@ MAX_CLASSIFIER_SCALE = 20.0  # classifier guidance's strength; beyond this the g
 #   classifier-free  ε = (1+w)·ε(x,c) − w·ε(x,∅) alone (the course's; the default)
 #   classifier       plus the noise-aware classifier's gradient (Dhariwal & Nichol 2021), at DEFAULT_CLASSIFIER_SCALE
 #   best-of-N        draw N candidates per sample and keep the one the noise-aware classifier is surest of
-GUIDES = ("classifier-free", "classifier", "best-of-4")
+#   clip             plus CLIP's pull of x̂_0 toward its prompt for digit k (only when CLIP is loaded; CLIP runs
+#                    on the CPU, about 0.3 s per image and step, so at most MAX_CLIP_GUIDED samples)
+GUIDES = ("classifier-free", "classifier", "best-of-4", "clip")
 DEFAULT_GUIDE = "classifier-free"
 DEFAULT_CLASSIFIER_SCALE = 2.0
 BEST_OF = 4
+CLIP_GUIDANCE_SCALE = 50.0  # not tuned: CLIP's real weights cannot be had where this was built
+MAX_CLIP_GUIDED = 10
 INPAINT_SAMPLERS = ("ddpm", "ddim")  # one-step samplers: a RePaint resampling re-takes a step, which a multistep
                                      # solver's memory of the previous step would not allow
 

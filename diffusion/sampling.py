@@ -91,6 +91,20 @@ def classifier_guided_eps(eps: torch.Tensor, x: torch.Tensor, t: torch.Tensor, l
     return eps - scale * sigma * gradient.to(x.dtype)
 
 
+def x0_guided_eps(eps: torch.Tensor, x: torch.Tensor, t: torch.Tensor, score, scale: float,
+                  schedule: NoiseSchedule) -> torch.Tensor:
+    """Guidance by any differentiable judge of the *predicted clean image* (CLIP toward a prompt, say):
+        ε̃ = ε − scale·√(1-ᾱ_t)·∇_x score(x̂_0),   x̂_0 = (x − √(1-ᾱ_t)·ε)/√ᾱ_t  (ε held fixed),
+    so each step leans toward clean images the judge scores higher. A judge of clean images cannot read a noisy
+    x_t, but it can read x̂_0. eps, x: [B,1,28,28]; t: [B]; score: x̂_0 [B,1,28,28] in [-1,1] -> [B]."""
+    ab = schedule.alpha_bar[t.cpu()].to(device=x.device, dtype=torch.float32).reshape(-1, 1, 1, 1)
+    with torch.inference_mode(False), torch.enable_grad():
+        x_in = x.detach().float().clone().requires_grad_(True)
+        x0 = ((x_in - (1 - ab).sqrt() * eps.detach().float().clone()) / ab.sqrt()).clamp(-1, 1)
+        (gradient,) = torch.autograd.grad(score(x0).sum(), x_in)
+    return eps - scale * (1 - ab).sqrt().to(x.dtype) * gradient.to(x.dtype)
+
+
 def has_guidance_head(model: torch.nn.Module) -> bool:
     """Whether one pass of `model` gives the guided ε (see `model.add_guidance_head`)."""
     config = getattr(model, "config", None)
@@ -326,7 +340,8 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
                  x_T: torch.Tensor | None = None, clip_x0: bool = True,
                  start_alpha_bar: float = START_ALPHA_BAR,
                  guidance_interval: tuple[float, float] = EVERY_STEP,
-                 judge: torch.nn.Module | None = None, classifier_scale: float = 0.0) -> Iterator[SamplerStep]:
+                 judge: torch.nn.Module | None = None, classifier_scale: float = 0.0,
+                 x0_score=None, x0_scale: float = 0.0) -> Iterator[SamplerStep]:
     """Run the reverse process, yielding a `SamplerStep` after every step.
 
     labels: [B] digits 0..9 (one sample per entry); guidance: w (float or [B]);
@@ -338,7 +353,8 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
     start_alpha_bar: where a few-step run starts (see `timestep_sequence`); clip_x0: clamp x̂_0 to [-1,1];
     guidance_interval: (lo, hi) fractions of T; guidance applies only at steps with lo ≤ t/T ≤ hi and
     the other steps use the plain conditional ε (one network evaluation instead of two);
-    judge, classifier_scale: classifier guidance on top (`classifier_guided_eps`; 0 = none).
+    judge, classifier_scale: classifier guidance on top (`classifier_guided_eps`; 0 = none);
+    x0_score, x0_scale: guidance by a judge of x̂_0, e.g. CLIP toward a prompt (`x0_guided_eps`; 0 = none).
     """
     solver = sampler if not isinstance(sampler, str) else make_sampler(
         sampler, schedule, num_inference_steps, eta=eta, start_alpha_bar=start_alpha_bar, clip_x0=clip_x0)
@@ -355,6 +371,8 @@ def sample_steps(model: torch.nn.Module, schedule: NoiseSchedule, labels: torch.
             eps = guided_eps(model, x, t_batch, labels, w)
             if classifier_scale:
                 eps = classifier_guided_eps(eps, x, t_batch, labels, judge, classifier_scale, schedule)
+            if x0_scale:
+                eps = x0_guided_eps(eps, x, t_batch, x0_score, x0_scale, schedule)
             out = solver.step(eps, t, x, generator)
         x = out.x
         yield SamplerStep(index=i + 1, total=len(solver.timesteps), t=out.t, x=x, x0=out.x0)

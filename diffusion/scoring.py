@@ -156,6 +156,17 @@ class ClipScorer:
                           align_corners=False).clamp(0, 1)  # bicubic overshoots a little at strokes
         return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
 
+    def prompt_similarity(self, prompts: Sequence[str]):
+        """A differentiable judge for `sampling.x0_guided_eps`: x̂_0 [B,1,28,28] in [-1,1] -> [B], CLIP's cosine
+        similarity between image i and prompts[i] (the digits as the app shows them: white ink on black)."""
+        text = self.text_features(tuple(prompts)).clone()  # [B,D], outside inference mode's graph
+
+        def similarity(x0: torch.Tensor) -> torch.Tensor:
+            x = F.interpolate((x0 + 1) / 2, size=self.image_size, mode="bicubic", align_corners=False).clamp(0, 1)
+            image = self.model.encode_image((x.expand(-1, 3, -1, -1) - self.mean) / self.std, normalize=True)
+            return (image * text).sum(1)
+        return similarity
+
     @torch.inference_mode()
     def score(self, images: np.ndarray, digits: Sequence[int],
               quality_prompts: Sequence[str] = DEFAULT_QUALITY_PROMPTS, batch_size: int = 32) -> ClipScores:

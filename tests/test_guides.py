@@ -79,5 +79,30 @@ def test_generate_with_each_guide(client, classroom):
         d for d in checked.digits for _ in range(BEST_OF))})])[0].reshape(10, BEST_OF, 28, 28)
     for sample, options in zip(best, candidates):
         assert any(np.abs(sample.astype(int) - o.astype(int)).max() <= 1 for o in options)
-    with pytest.raises(Exception, match="guide must be one of classifier-free, classifier, best-of-4"):
-        client.predict(guide="clip", api_name="/generate")
+    with pytest.raises(Exception, match="guide must be one of classifier-free, classifier, best-of-4, clip"):
+        client.predict(guide="magic", api_name="/generate")
+    with pytest.raises(Exception, match="CLIP guidance needs CLIP, which is not available"):
+        client.predict(guide="clip", api_name="/generate")  # this app's CLIP points at a missing file
+
+
+def test_clip_guidance_pulls_x0_toward_the_prompt(tiny_random_pipe, tiny_clip_weights):
+    """With the tiny random CLIP: each guided step raises CLIP's similarity of x̂_0 to the prompt."""
+    from diffusion.sampling import x0_guided_eps
+    from diffusion.scoring import DIGIT_PROMPTS, load_clip
+    from tiny_clip import TINY_CLIP
+
+    scorer = load_clip(TINY_CLIP, tiny_clip_weights)
+    similarity = scorer.prompt_similarity([DIGIT_PROMPTS[3], DIGIT_PROMPTS[8]])
+    schedule = tiny_random_pipe.schedule
+    x, t = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([25, 25])
+    eps = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+    def x0_of(e):
+        ab = schedule.alpha_bar[25].float()
+        return ((x - (1 - ab).sqrt() * e) / ab.sqrt()).clamp(-1, 1)
+
+    with torch.inference_mode():
+        steered = x0_guided_eps(eps, x, t, similarity, 50.0, schedule)
+    with torch.no_grad():
+        before, after = similarity(x0_of(eps)), similarity(x0_of(steered))
+    assert (after > before).all()

@@ -23,12 +23,12 @@ import torch
 
 from diffusion.checkpoints import read_config
 from diffusion.classifier import DEFAULT_NOISE_CLASSIFIER, load_classifier, load_noise_classifier
-from diffusion.data import load_shipped_digits, shipped_test_index
+from diffusion.data import load_shipped_digits, shipped_test_index, to_uint8
 from diffusion.pipeline import DigitDiffusion, load_pipeline
-from diffusion.requests import (BEST_OF, DEFAULT_CLASSIFIER_SCALE, SamplingRequest, check_sampling_request,
-                               max_inference_steps)
-from diffusion.scoring import (ClassifierScores, ClipScores, ClipUnavailable, LazyClip, best_of_n, classifier_scores,
-                               noisy_image_scores)
+from diffusion.requests import (BEST_OF, CLIP_GUIDANCE_SCALE, DEFAULT_CLASSIFIER_SCALE, MAX_CLIP_GUIDED,
+                               SamplingRequest, check_sampling_request, max_inference_steps)
+from diffusion.scoring import (DIGIT_PROMPTS, ClassifierScores, ClipScores, ClipUnavailable, LazyClip, best_of_n,
+                               classifier_scores, noisy_image_scores)
 from diffusion.server import NetworkServer
 
 from .settings import HANDLER_NICENESS, MAX_IN_FLIGHT_PER_CLIENT, MAX_RUN_STORE_BYTES, MAX_SAMPLES, MAX_WORK
@@ -186,12 +186,29 @@ class Classroom:
         classifier (a different network from the trusted classifier that scores them)."""
         if guide == "classifier":
             return self.server.run([dataclasses.replace(checked, classifier_scale=DEFAULT_CLASSIFIER_SCALE)])[0]
+        if guide == "clip":
+            return self.clip_guided(checked)
         if guide.startswith("best-of"):
             candidates = dataclasses.replace(checked, digits=tuple(d for d in checked.digits for _ in range(BEST_OF)))
             [images] = self.server.run([candidates])
             sureness = self.noisy_image_scores(images, [0] * len(images), candidates.digits).confidence_requested
             return best_of_n(images, sureness, BEST_OF)
         return self.server.run([checked])[0]
+
+    def clip_guided(self, checked: SamplingRequest) -> np.ndarray:
+        """Samples steered by CLIP toward its prompt for each asked digit, on x̂_0, through the Python pipeline on this
+        thread (CLIP's work per step is far heavier than the U-Net's, so it does not hold up the shared server),
+        one request at a time. Raises gr.Error when CLIP is not loaded or the request is too large."""
+        if checked.num_samples > MAX_CLIP_GUIDED:
+            raise invalid(f"CLIP guidance is slow on a CPU: at most {MAX_CLIP_GUIDED} samples, got {checked.num_samples}")
+        try:
+            scorer = self.clip.get()
+        except ClipUnavailable as e:
+            raise invalid(f"CLIP guidance needs CLIP, which is not available: {e}") from None
+        with self._clip_lock:
+            score = scorer.prompt_similarity([DIGIT_PROMPTS[d] for d in checked.digits])
+            *_, last = self.pipe.run(checked, x0_score=score, x0_scale=CLIP_GUIDANCE_SCALE)
+        return to_uint8(last.x)
 
     # --- scores ----------------------------------------------------------------------------------------
     def score(self, images: np.ndarray, digits, prompts: tuple[str, ...]) -> Scores:
