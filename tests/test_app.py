@@ -116,7 +116,8 @@ def test_generate_defaults_give_ten_digits_scored_by_the_classifier(client, clas
         assert f"<b>#{i + 1}</b> · asked <b>{i}</b><br>classifier: " in cards
     assert cards.count("classifier: ") == 10 and "CLIP" not in cards
     # CLIP is unavailable here: said clearly, no CLIP columns, no disagreement cards.
-    assert "No CLIP scores" in agreement and "not found" in agreement
+    assert "No CLIP scores" in agreement and "CLIP is unavailable" in agreement
+    assert MISSING_CLIP not in agreement  # why (the missing file) is said once, in the CLIP status line
     assert not any(h.startswith("CLIP") for h in table["headers"])
     assert disagreements == ""
 

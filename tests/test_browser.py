@@ -84,7 +84,11 @@ def test_generate_tab_samples_scores_agreement_and_sweep(page):
     wait_rendered(page, "#sample-cards", 10)
     assert page.locator("#sample-cards .sample-card").count() == 10
     assert page.locator("#sample-cards").inner_text().count("classifier: sees a") == 10  # each beside its image
-    assert "No CLIP scores. CLIP weights file not found" in page.locator("#agreement").inner_text()
+    assert "No CLIP scores. CLIP is unavailable" in page.locator("#agreement").inner_text()
+    # why (the missing file, the environment variables) is folded away under the one short status line
+    assert "DIFFUSION_CLIP" not in page.locator("#clip-status").inner_text()
+    page.locator("#clip-status summary").click()
+    assert "CLIP weights file not found" in page.locator("#clip-status").inner_text()
     page.get_by_role("button", name="Run guidance sweep").click()
     wait_rendered(page, "#sweep-plot")
     assert page.locator("#sweep-table table tr").count() == 1 + 6  # header + the six default values of w
