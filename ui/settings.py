@@ -136,7 +136,7 @@ body.presenter .pixels:not(#strip) [data-testid="image"] {{ height: auto !import
 body.presenter .sample-card img {{ width: 112px; height: 112px; }}
 body.presenter #strip img {{ min-width: 0; min-height: 0; }}
 body.presenter .vega-embed text, body.presenter .vega-embed .vega-bind {{ font-size: {PRESENTER_PLOT_TEXT_PX}px !important; }}
-body.presenter [data-testid="block-info"] {{ display: none; }}  /* compact: the slider explanations go */
+body.presenter .gradio-container {{ max-width: 100% !important; }}  /* compact: the whole screen, small gaps */
 
 /* Phone: every tab one tap away (ui.controls.wrap_tabs), nothing wider than the screen */
 @media (max-width: {PHONE_MAX_PX}px) {{
