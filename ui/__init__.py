@@ -5,6 +5,7 @@
     reverse        Reverse process: denoising, frame by frame
     forward        Forward noising: x_t under any β schedule
     training       Training: the loss and the samples over training, and what the loss means
+    architecture   Architecture: the U-Net drawn from its config; what skip connections, t and attention are for
     edit           Edit: re-imagine a digit as another (SDEdit), inpaint part of one
     lab            Lab: experiments (recognisability per digit, the context mask, why gradual, difficulty, limits)
     how_it_works   How it works: the explanations (how_it_works.md) with the model's real numbers
@@ -15,6 +16,7 @@ Every action is an API endpoint whose parameters all have defaults (see the READ
     /reverse_process  /show_frame  /all_ten                  (Reverse process tab)
     /shipped_digit  /load_image  /load_drawing  /forward_noising  /noise_at_t   (Forward noising tab)
     /training_snapshots  /noise_prediction                   (Training tab)
+    /compare_architectures                                   (Architecture tab)
     /edit  /inpaint                                          (Edit tab)
     /recognisability  /conditioning  /why_gradual  /difficulty  (Lab tab)
 """
@@ -24,6 +26,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from . import how_it_works
+from .architecture import ArchitectureTab
 from .classroom import Classroom, load_classroom
 from .controls import presenter_toggle, wrap_tabs
 from .forward import ForwardTab
@@ -56,6 +59,8 @@ def build_app(classroom: Classroom) -> gr.Blocks:
             forward_event = forward.layout()
         with gr.Tab("Training", id="training"):
             TrainingTab(classroom).layout()
+        with gr.Tab("Architecture", id="architecture"):
+            ArchitectureTab(classroom).layout()
         with gr.Tab("Edit", id="edit"):
             EditTab(classroom).layout()
         with gr.Tab("Lab", id="lab"):

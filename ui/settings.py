@@ -91,6 +91,20 @@ DEFAULT_INPAINT_SOURCE = 21  # … and of the 7 that /inpaint starts from
 MASK_PRESETS = ("top", "bottom", "left", "right")
 MAX_INPAINT_SAMPLES = 8
 
+# --- The Architecture tab (ui/architecture.py) --------------------------------------------------------------
+ARCHITECTURE_CONCURRENCY = 2      # /compare_architectures requests running at once; more wait in the queue
+ARCHITECTURE_WORKERS = 2          # threads sampling the variants (one torch thread each): 4 variants in ~0.7 s
+ARCHITECTURE_RESULTS_KEPT = 16    # comparisons kept (~0.4 MB of frames each): a class asking the same one samples once
+ARCHITECTURE_DIGITS = "0123456789"  # the digits every variant draws by default
+ARCHITECTURE_DIGIT_PRESETS = ("0123456789", "3333333333", "4444444444", "7777777777", "0123")
+ARCHITECTURE_MAX_DIGITS = 10
+ARCHITECTURE_MAX_WORK = 1000      # digits × steps per variant (× 4 variants, × 2 network passes a guided step)
+ARCHITECTURE_FRAME_PERCENTS = (10, 25, 50, 75, 100)  # the filmstrip's columns: % of the reverse process
+ARCHITECTURE_LOSS_FROM_STEP = 400 # the training-loss plot starts here (before, the losses fall from 1 too fast to compare)
+ARCHITECTURE_TILE_SCALE = 3       # 28 px -> 84 px per digit in the comparison pictures
+ARCHITECTURE_FONT_PX = 22         # their text (≥ 12 pt when the ~1200 px-wide pictures fill a projector)
+DIAGRAM_FONT_PT = 14              # the U-Net diagram's text (drawn at 100 dpi; ≥ 12 pt shown 1216 px of 1400 wide)
+
 # --- Readable from the back of the room, usable on a phone (issue 16; ui/controls.py's presenter_toggle) ------------
 PRESENTER_TEXT_PX = 20       # presenter mode: body text at least this
 PRESENTER_IMAGE_PX = 320     # … the digit images (x₀, x_t, x̂₀) at least this wide
