@@ -122,6 +122,8 @@ def test_presenter_mode_from_the_address_and_the_switch(browser, url):
     for selector in ("#x0 img", "#forward-x-t img"):
         box = page.locator(selector).bounding_box()
         assert box["width"] >= PRESENTER_IMAGE_PX and box["height"] >= PRESENTER_IMAGE_PX, (selector, box)
+    for label in ("β start", "β end", "T (steps)", "Noise seed"):  # compact, but every control still named
+        assert page.get_by_text(label, exact=True).first.is_visible(), label
     visit_every_tab(page, "presenter")
     # the switch turns it off again (and back to the light theme)
     page.locator("#presenter-toggle input").uncheck()
