@@ -384,7 +384,7 @@ def raw_call(url: str, api_name: str, body: str) -> tuple[str, str]:
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_numbers_sent_as_raw_json_are_refused(url, value):
     """gradio_client cannot send NaN or infinity (JSON has none), but a raw request can."""
-    event, data = raw_call(url, "generate", f'{{"data": ["all", 1, {value}, "dpm++2m", 10, 0, ""]}}')
+    event, data = raw_call(url, "generate", f'{{"data": ["all", 1, {value}, "dpm++2m", 10, 0, "", "classifier-free"]}}')
     assert event == "error" and "guidance w must be a finite number" in data
     event, data = raw_call(url, "reverse_process", f'{{"data": ["3", 1, "dpm++2m", {value}, 0]}}')
     assert event == "error" and "steps for dpm++2m must be a whole number" in data
@@ -394,8 +394,8 @@ def test_wrong_number_of_values_is_refused(url):
     response = httpx.post(f"{url}gradio_api/call/generate", content='{"data": ["all"]}',
                           headers={"content-type": "application/json"})
     assert response.status_code == 400
-    assert response.json()["detail"] == ("/generate takes 7 value(s) (digit, samples_per_digit, guidance, sampler, "
-                                         "steps, seed, quality_prompts_text), got 1")
+    assert response.json()["detail"] == ("/generate takes 8 value(s) (digit, samples_per_digit, guidance, sampler, "
+                                         "steps, seed, quality_prompts_text, guide), got 1")
 
 
 def test_uploads_that_are_not_images_or_are_huge_are_refused(client, url, tmp_path):

@@ -143,7 +143,8 @@ class GenerateTab:
                                     label="Samples per digit", info=samples_info(ALL_DIGITS, c.steps.value))
                 guide = gr.Radio(list(GUIDES), value=DEFAULT_GUIDE, label="Steer toward the digit with",
                                  info="classifier-free: w alone (the course's); classifier: plus a noise-aware "
-                                      "classifier's gradient; best-of-4: keep the likeliest of 4 candidates")
+                                      "classifier's gradient; best-of-4: keep the likeliest of 4 candidates; "
+                                      "clip: plus CLIP's pull toward the digit's prompt (slow; needs CLIP)")
                 generate_button = gr.Button("Generate", variant="primary")
                 with gr.Accordion("CLIP quality prompts (one per line)", open=False):
                     prompts = gr.Textbox("\n".join(DEFAULT_QUALITY_PROMPTS), lines=3, show_label=False,
