@@ -99,3 +99,16 @@ def test_a_painted_layer_becomes_a_mask_of_whole_cells():
     keep = mask_from_painting(layer)
     assert keep.shape == (28, 28) and (keep == 0).sum() == 2 * 3
     assert keep[15, 3] == 0 and keep[14, 3] == 1
+
+
+def test_a_fresh_page_can_sample_at_once(url, classroom):
+    """Opening the page draws the Training and Architecture views by itself; those must not use up the
+    session's sampling slots, or a student's first click is refused ("you already have 2 … running")."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    views = [client.submit(api_name="/training_snapshots"), client.submit(api_name="/compare_architectures")]
+    source, result, strip, verdict = client.predict(api_name="/edit")  # while both views are being drawn
+    assert "s = 0.6" in verdict
+    for job in views:
+        job.result()

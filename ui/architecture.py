@@ -292,7 +292,7 @@ class ArchitectureTab:
             checked = check_sampling_request(asked, guidance=guidance, sampler=sampler, steps=steps, seed=seed,
                                              num_train_steps=self.num_train_steps,
                                              max_samples=ARCHITECTURE_MAX_DIGITS, max_work=ARCHITECTURE_MAX_WORK)
-        with self.classroom.sampling_slots.slot(request):
+        with self.classroom.view_slots.slot(request):
             comparison = self.results.get_or_compute(checked, lambda: self.compare(checked))
         return (self.samples_picture(comparison), self.filmstrip_picture(comparison, asked.index(follow)),
                 self.caption(comparison, follow))

@@ -157,6 +157,9 @@ class Classroom:
         self.runs = RunStore(MAX_RUN_STORE_BYTES)
         self.sampling_slots = ClientSlots(MAX_IN_FLIGHT_PER_CLIENT, "sampling requests")
         self.image_slots = ClientSlots(MAX_IN_FLIGHT_PER_CLIENT, "image requests")
+        # what a page draws by itself when it opens (the Training and Architecture views): apart from the
+        # sampling slots, so a student who clicks at once is not told they already have two requests running
+        self.view_slots = ClientSlots(MAX_IN_FLIGHT_PER_CLIENT, "views being drawn")
 
     def close(self) -> None:
         """Stop the network server and remove the work folder (the app calls this when it stops)."""

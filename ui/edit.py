@@ -16,8 +16,8 @@ from diffusion.editing import (DEFAULT_EDIT_CLASSIFIER_SCALE, DEFAULT_EDIT_GUIDA
 from diffusion.requests import DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_CLASSIFIER_SCALE, check_edit_request
 
 from .classroom import Classroom, yield_to_the_network
-from .rendering import enlarge, new_figure
-from .settings import (DEFAULT_EDIT_SOURCE, DEFAULT_INPAINT_SOURCE, LAB_FONT_PT, LAB_IMAGE_SCALE, MASK_PRESETS, MAX_INPAINT_SAMPLES,
+from .rendering import enlarge, labelled_strip
+from .settings import (DEFAULT_EDIT_SOURCE, DEFAULT_INPAINT_SOURCE, LAB_IMAGE_SCALE, STRIP_FONT_PX, STRIP_SCALE, MASK_PRESETS, MAX_INPAINT_SAMPLES,
                        MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE, SAMPLING_CONCURRENCY, UI_ONLY)
 from .uploads import read_digit
 from .validation import checked_whole_number, invalid, user_errors
@@ -84,14 +84,9 @@ class EditTab:
             images = np.concatenate(self.classroom.server.run([chosen] + strip))
         asked = chosen.digits[0]
         scores = self.classroom.classifier_scores(images, [asked] * len(images))
-        fig = new_figure(2.0 * len(STRENGTH_STRIP), 2.9)
-        for ax, s, im, seen, p in zip(fig.subplots(1, len(STRENGTH_STRIP)), STRENGTH_STRIP, images[1:],
-                                      scores.predicted_digit[1:], scores.confidence_requested[1:]):
-            ax.imshow(im, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            ax.set_title(f"s = {s:g}", fontsize=LAB_FONT_PT)
-            ax.set_xlabel(f"sees {seen}", fontsize=LAB_FONT_PT, color="black" if seen == asked else "tab:orange")
-            ax.set_xticks([])
-            ax.set_yticks([])
+        seen = scores.predicted_digit[1:]
+        strip_image = labelled_strip(images[1:], [f"s = {s:g}" for s in STRENGTH_STRIP], [f"sees {d}" for d in seen],
+                                     STRIP_SCALE, STRIP_FONT_PX, highlight=[d != asked for d in seen])
         t = round(chosen.strength * self.classroom.pipe.num_train_steps)
         verdict = (f"**s = {chosen.strength:g}** (noised to t = {t} of {self.classroom.pipe.num_train_steps}, then "
                    f"{chosen.num_inference_steps} steps as a {asked} with w = {chosen.guidance:g} and classifier guidance "
@@ -99,7 +94,7 @@ class EditTab:
                    f"a **{scores.predicted_digit[0]}** (p({asked}) = {scores.confidence_requested[0]:.0%}). Mean change "
                    f"from the input: {np.abs(images[0].astype(float) - source).mean() / 255:.3f} (pixels in 0..1). "
                    f"Low s keeps the strokes; high s lets the label win.")
-        return enlarge(source, LAB_IMAGE_SCALE), enlarge(images[0], LAB_IMAGE_SCALE), fig, verdict
+        return enlarge(source, LAB_IMAGE_SCALE), enlarge(images[0], LAB_IMAGE_SCALE), strip_image, verdict
 
     def edit_drawing(self, drawing, digit, strength, guidance, sampler, steps, seed, classifier_scale,
                      request: gr.Request = None):
@@ -180,7 +175,8 @@ class EditTab:
                 e_input = gr.Image(format="png", label="the input, framed as MNIST", elem_classes="pixels", elem_id="edit-input")
                 e_result = gr.Image(format="png", label="the result", elem_classes="pixels", elem_id="edit-result")
             e_verdict = gr.Markdown(elem_id="edit-verdict")
-            e_strip = gr.Plot(label="the same seed at every strength", format="png", elem_id="edit-strip")
+            e_strip = gr.Image(format="png", label="the same seed at every strength", interactive=False,
+                               elem_classes="pixels", elem_id="edit-strip")
         e_inputs = [e_source, e_digit, e_strength, e_w, gr.State(DEFAULT_SAMPLER), gr.State(DEFAULT_STEPS), e_seed,
                     e_scale]
         e_outputs = [e_input, e_result, e_strip, e_verdict]

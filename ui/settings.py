@@ -90,6 +90,7 @@ DEFAULT_EDIT_SOURCE = 9      # the shipped real digits' index of the 3 that /edi
 DEFAULT_INPAINT_SOURCE = 21  # … and of the 7 that /inpaint starts from
 MASK_PRESETS = ("top", "bottom", "left", "right")
 MAX_INPAINT_SAMPLES = 8
+STRIP_SCALE, STRIP_FONT_PX = 4, 22  # the SDEdit strip over s: 112 px digits, captions legible on a projector
 
 # --- The Architecture tab (ui/architecture.py) --------------------------------------------------------------
 ARCHITECTURE_CONCURRENCY = 2      # /compare_architectures requests running at once; more wait in the queue

@@ -80,7 +80,7 @@ class TrainingTab:
             raise invalid(f"this app has no training snapshots ({SNAPSHOT_DIR} is empty)")
         index = checked_whole_number("snapshot", snapshot, 0, len(self.snapshots) - 1)
         seed = checked_whole_number("seed", seed, 0, MAX_SEED)
-        with self.classroom.sampling_slots.slot(request):
+        with self.classroom.view_slots.slot(request):
             grid = self.worker.submit(self.grid, index, seed).result()
         return enlarge(grid, SNAPSHOT_GRID_SCALE), self.snapshot_caption(index)
 
