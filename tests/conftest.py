@@ -101,3 +101,22 @@ def client(url):
     from gradio_client import Client
 
     return Client(url, verbose=False)
+
+
+# --- the app in a real browser (see tests/browser_app.py) ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def app_url(request):
+    """`python app.py` started as a Space starts it, for one test module (log: test-artifacts/app-<module>.log)."""
+    from browser_app import running_app
+
+    with running_app("app-" + request.module.__name__.removeprefix("test_")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from browser_app import chromium
+
+    with chromium() as browser:
+        yield browser

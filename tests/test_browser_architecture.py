@@ -2,77 +2,21 @@
 started as a Space starts it: the U-Net diagram, every variant's samples and reverse process (at least 240 px
 on screen, pixelated), the loss curves, the table and the explanation; a new seed draws new pictures.
 Screenshots go to test-artifacts/architecture.png, architecture-diagram.png and architecture-results.png."""
-from pathlib import Path
 
 import pytest
 
-from devtools.browser import CHROMIUM, launch_chromium
-from devtools.servers import free_port, start_app, stop
+from browser_app import app_page, shot, wait_plotted, wait_rendered, wait_text
+
 from ui.settings import DIAGRAM_FONT_PT
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
-WAIT_MS = 120_000  # generous: the suite may share 2 cores with training
-
-
-@pytest.fixture(scope="module")
-def url():
-    """`python app.py` on a free port given through $PORT; CLIP pointed at a missing file (unavailable)."""
-    port = free_port()
-    ARTIFACTS.mkdir(exist_ok=True)
-    with open(ARTIFACTS / "app-architecture.log", "w") as log:
-        server, _ = start_app(port, log=log)
-        yield f"http://127.0.0.1:{port}/"
-        stop(server)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    with playwright.sync_playwright() as p:
-        browser = launch_chromium(p)
-        yield browser
-        browser.close()
-
 
 @pytest.fixture
-def page(browser, url):
-    """A fresh page on the app's Architecture tab; fails the test on uncaught page errors or requests outside
-    127.0.0.1."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    errors, outside = [], []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("request", lambda r: r.url.startswith(("http://127.0.0.1", "data:", "blob:")) or outside.append(r.url))
-    page.set_default_timeout(WAIT_MS)
-    page.goto(url)
-    page.wait_for_selector("#clip-status")
-    page.get_by_role("tab", name="Architecture").click()
-    yield page
-    context.close()
-    assert errors == [], errors
-    assert outside == [], f"the page asked for resources outside the app: {outside}"
-
-
-def wait_rendered(page, selector: str) -> None:
-    """Wait until the <img> under `selector` has loaded with a real size."""
-    page.wait_for_function("sel => { const i = document.querySelector(sel + ' img');"
-                           " return i !== null && i.complete && i.naturalWidth > 0; }", arg=selector)
-
-
-def wait_plotted(page, selector: str) -> None:
-    """Wait until the native plot under `selector` (drawn in the browser by Vega) has drawn its marks."""
-    page.wait_for_function("sel => document.querySelector(sel + ' canvas, ' + sel + ' svg .mark-line, ' + sel"
-                           " + ' svg path') !== null", arg=selector)
-
-
-def wait_text(page, selector: str, text: str) -> None:
-    page.wait_for_function("([sel, text]) => { const e = document.querySelector(sel);"
-                           " return e !== null && e.innerText.includes(text); }", arg=[selector, text])
+def page(browser, app_url):
+    """A fresh page on the app's Architecture tab (see browser_app.app_page)."""
+    with app_page(browser, app_url, tab="Architecture") as page:
+        yield page
 
 
 def image_box(page, selector: str) -> list:
@@ -80,12 +24,6 @@ def image_box(page, selector: str) -> list:
     return page.eval_on_selector(f"{selector} img", "img => [img.getBoundingClientRect().width,"
                                  " img.getBoundingClientRect().height, getComputedStyle(img).imageRendering,"
                                  " img.naturalWidth, img.naturalHeight]")
-
-
-def shot(page, name: str, selector: str | None = None) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    target = page.locator(selector) if selector else page
-    target.screenshot(path=str(ARTIFACTS / f"{name}.png"), **({} if selector else {"full_page": True}))
 
 
 def test_the_variants_side_by_side_and_a_new_seed(page):

@@ -1,47 +1,19 @@
 """The Edit tab in a real browser (Debian's chromium driven by playwright): re-imagine a real digit and a
 drawing, inpaint a preset half and a painted mask; screenshots in test-artifacts/."""
-from pathlib import Path
 
 import pytest
 
-from devtools.browser import CHROMIUM, launch_chromium
-from devtools.servers import free_port, start_app, stop
+from browser_app import ARTIFACTS, app_page, wait_new_image
+
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
-WAIT_MS = 180_000  # generous: the suite may share 2 cores with training
-
 
 @pytest.fixture(scope="module")
-def page():
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    port = free_port()
-    ARTIFACTS.mkdir(exist_ok=True)
-    with open(ARTIFACTS / "app-edit.log", "w") as log, playwright.sync_playwright() as p:
-        server, _ = start_app(port, log=log)
-        browser = launch_chromium(p)
-        context = browser.new_context(viewport={"width": 1366, "height": 900})
-        page = context.new_page()
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.set_default_timeout(WAIT_MS)
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.get_by_role("tab", name="Edit").click()
+def page(browser, app_url):
+    """A page kept for the module on the app's Edit tab (see browser_app.app_page)."""
+    with app_page(browser, app_url, width=1366, height=768, tab="Edit") as page:
         yield page
-        browser.close()
-        stop(server)
-        assert errors == [], errors
-
-
-def wait_image(page, selector: str, old: str | None = None) -> str:
-    """Wait for a loaded image under selector (a new one if `old` is given); returns its src."""
-    page.wait_for_function("([sel, old]) => [...document.querySelectorAll(sel + ' img')].some(i => i.complete && "
-                           "i.naturalWidth > 0 && i.src !== old)", arg=[selector, old])
-    return page.eval_on_selector(f"{selector} img", "img => img.src")
 
 
 def draw(page, selector: str, points) -> None:
@@ -58,22 +30,22 @@ def draw(page, selector: str, points) -> None:
 def test_re_imagine_a_real_digit_then_a_drawing(page):
     page.get_by_role("button", name="Re-imagine the real digit").click()
     page.wait_for_function("() => document.querySelector('#edit-verdict').innerText.includes('s = 0.6')")
-    result = wait_image(page, "#edit-result")
-    wait_image(page, "#edit-strip")
+    result = wait_new_image(page, "#edit-result")
+    wait_new_image(page, "#edit-strip")
     assert page.locator("#edit-result img").bounding_box()["width"] >= 240
     page.locator("#edit-strip").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "edit-sdedit.png"), full_page=True)
     draw(page, "#edit-sketch", [(0.5, 0.2), (0.5, 0.8)])  # a tall stroke: a "1" taller than MNIST frames it
     page.get_by_role("button", name="Re-imagine my drawing").click()
-    wait_image(page, "#edit-result", old=result)
+    wait_new_image(page, "#edit-result", old=result)
     page.wait_for_function("() => document.querySelector('#edit-verdict').innerText.includes('Mean change')")
 
 
 def test_inpaint_a_preset_half_and_a_painted_mask(page):
     page.get_by_role("button", name="Inpaint the chosen half").click()
     page.wait_for_function("() => document.querySelector('#inpaint-note').innerText.includes('at most 0/255')")
-    results = wait_image(page, "#inpaint-results")
-    wait_image(page, "#inpaint-input")
+    results = wait_new_image(page, "#inpaint-results")
+    wait_new_image(page, "#inpaint-input")
     page.locator("#inpaint-results").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "edit-inpaint.png"), full_page=True)
     page.get_by_role("button", name="Inpaint where I painted").click()  # nothing painted yet: a clear error
@@ -83,5 +55,5 @@ def test_inpaint_a_preset_half_and_a_painted_mask(page):
     page.wait_for_selector("#inpaint-editor canvas")
     draw(page, "#inpaint-editor", [(0.2, 0.75), (0.8, 0.75), (0.8, 0.9), (0.2, 0.9)])
     page.get_by_role("button", name="Inpaint where I painted").click()
-    wait_image(page, "#inpaint-results", old=results)
+    wait_new_image(page, "#inpaint-results", old=results)
     page.screenshot(path=str(ARTIFACTS / "edit-inpaint-painted.png"), full_page=True)

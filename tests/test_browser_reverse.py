@@ -1,61 +1,25 @@
 """The Reverse-process tab's player and all-ten filmstrip in a real browser (Debian's chromium driven by
 playwright, `python app.py` started as a Space starts it): play, pause, frame by frame, speed, loop, the
 frame slider, and the filmstrip. Screenshots go to test-artifacts/."""
-from pathlib import Path
 
 import pytest
 
-from devtools.browser import CHROMIUM, launch_chromium
-from devtools.servers import free_port, start_app, stop
+from browser_app import app_page, shot
+
 from diffusion.requests import DEFAULT_STEPS
 from ui import settings
 from ui.rendering import FILMSTRIP_TILE, filmstrip_cell
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
-WAIT_MS = 120_000  # generous: the suite may share 2 cores with training
 SHOWN = "() => [...document.querySelectorAll('#player .frame')].findIndex(f => !f.hidden)"  # the frame on show
 
 
-@pytest.fixture(scope="module")
-def url():
-    """`python app.py` on a free port given through $PORT; CLIP pointed at a missing file (unavailable)."""
-    port = free_port()
-    ARTIFACTS.mkdir(exist_ok=True)
-    with open(ARTIFACTS / "app-reverse.log", "w") as log:
-        server, _ = start_app(port, log=log)
-        yield f"http://127.0.0.1:{port}/"
-        stop(server)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    with playwright.sync_playwright() as p:
-        browser = launch_chromium(p)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
-def page(browser, url):
-    """A fresh page on the Reverse-process tab; fails the test on uncaught page errors or requests outside 127.0.0.1."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    errors, outside = [], []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("request", lambda r: r.url.startswith(("http://127.0.0.1", "data:", "blob:")) or outside.append(r.url))
-    page.set_default_timeout(WAIT_MS)
-    page.goto(url)
-    page.get_by_role("tab", name="Reverse process").click()
-    yield page
-    context.close()
-    assert errors == [], errors
-    assert outside == [], f"the page asked for resources outside the app: {outside}"
+def page(browser, app_url):
+    """A fresh page on the app's Reverse process tab (see browser_app.app_page)."""
+    with app_page(browser, app_url, tab="Reverse process") as page:
+        yield page
 
 
 def shown(page) -> int:
@@ -73,11 +37,6 @@ def caption(page) -> str:
 
 def button(page, action: str):
     return page.locator(f"#player [data-action={action}]")
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def test_the_player_plays_pauses_steps_loops_and_follows_the_slider(page):

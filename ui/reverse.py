@@ -253,8 +253,11 @@ class ReverseTab:
 
         yield_to_the_network()
         with self.classroom.sampling_slots.slot(request):
-            steps = keep_picks(self.classroom.server.submit(checked, stream=True).steps())
-            found = measure_recognisability(steps, checked.digits, self.noisy_probabilities, T)
+            steps = self.classroom.server.submit(checked, stream=True).steps()
+            # the measurement stops following once every digit is recognisable; the filmstrip needs the rest
+            found = measure_recognisability(keep_picks(steps), checked.digits, self.noisy_probabilities, T)
+            for _ in keep_picks(steps):
+                pass
         x_t = np.stack([to_uint8(kept[i].x) for i in picks])  # [columns, 10, 28, 28]
         x0 = np.stack([to_uint8(kept[i].x0) if i else np.zeros_like(x_t[0]) for i in picks])  # x_T: no guess yet
         headers = [(f"{percent_of_process(i, S):.0f}%", f"t = {kept[i].t if i else T}") for i in picks]
