@@ -12,12 +12,13 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def page(browser, app_url):
     """A page kept for the module on the app's Edit tab (see browser_app.app_page)."""
-    with app_page(browser, app_url, width=1366, height=768, tab="Edit") as page:
+    with app_page(browser, app_url, width=1366, height=900, tab="Edit") as page:
         yield page
 
 
 def draw(page, selector: str, points) -> None:
     """Drag the mouse through `points` (fractions of the canvas) on the canvas under selector."""
+    page.locator(f"{selector} canvas").first.scroll_into_view_if_needed()
     box = page.locator(f"{selector} canvas").first.bounding_box()
     (x0, y0), *rest = points
     page.mouse.move(box["x"] + box["width"] * x0, box["y"] + box["height"] * y0)
