@@ -65,11 +65,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def stop_on_sigterm() -> None:
-    """A Space stops the app with SIGTERM: treat it like Ctrl-C, so the server closes and `finally` runs."""
+    """A Space stops the app with SIGTERM: treat it like Ctrl-C, so the server closes and `finally` runs.
+    Ctrl-C (SIGINT) is set to stop it too: a process started from a script in the background, or by a
+    launcher that ignores SIGINT, inherits "ignore SIGINT", and the app would then never hear Ctrl-C."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv=None) -> None:
