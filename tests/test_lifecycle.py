@@ -28,7 +28,7 @@ def test_ctrl_c_stops_the_app_even_if_its_launcher_ignored_sigint(tmp_path):
     import sys
 
     script = (
-        "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); sys.path.insert(0, '.');"
+        "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN);"  # python -c imports from its cwd
         "from devtools.servers import free_port, start_app, stop;"
         f"p, _ = start_app(free_port(), extra_env={{'TMPDIR': {str(tmp_path)!r}}});"
         "sys.exit(stop(p, signal.SIGINT))")
