@@ -26,8 +26,7 @@ from diffusion.sampling import SAMPLERS
 from diffusion.training_history import loss_history
 from diffusion.train import read_loss_logs
 
-from .classroom import Classroom
-from .lab import ResultCache
+from .classroom import Classroom, ResultCache
 from .rendering import enlarge, font, new_figure
 from .settings import (ARCHITECTURE_CONCURRENCY, ARCHITECTURE_DIGIT_PRESETS, ARCHITECTURE_DIGITS,
                        ARCHITECTURE_FONT_PX, ARCHITECTURE_FRAME_PERCENTS, ARCHITECTURE_LOSS_FROM_STEP,

@@ -11,7 +11,7 @@ import tempfile
 import threading
 import uuid
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +135,41 @@ class RunStore:
             if run is not None:
                 self._runs.move_to_end(run_id)
             return run
+
+
+class ResultCache:
+    """The last few experiment results by their settings: a class pressing the same button shares one run
+    (those who ask while it runs wait for it, and the next ones get it at once)."""
+
+    def __init__(self, size: int):
+        self.size, self._items, self._running, self._lock = size, OrderedDict(), {}, threading.Lock()
+
+    def get_or_compute(self, key, compute):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            running = self._running.get(key)
+            if running is None:
+                self._running[key] = Future()
+        if running is not None:
+            return running.result()
+        try:
+            value = compute()
+        except BaseException as error:
+            with self._lock:
+                self._running.pop(key).set_exception(error)
+            raise
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+            self._running.pop(key).set_result(value)
+        return value
+
+    def memoised(self, compute):
+        """compute(*key), cached here by key: a function with compute's arguments."""
+        return lambda *key: self.get_or_compute(key, lambda: compute(*key))
 
 
 class Classroom:

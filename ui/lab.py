@@ -12,10 +12,8 @@ The experiments run on the classroom's shared network server; the maths is the e
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import gradio as gr
 import numpy as np
@@ -29,7 +27,7 @@ from diffusion.recognisability import RECOGNISABLE_PROBABILITY, run_experiment
 from diffusion.requests import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffusion.sampling import SAMPLERS, guidance_components
 
-from .classroom import Classroom, yield_to_the_network
+from .classroom import Classroom, ResultCache, yield_to_the_network
 from .rendering import enlarge, new_figure
 from .settings import (ALL_DIGITS, EPS_IMAGE_RANGE, PROGRESS_INTERVAL_S, LAB_CONCURRENCY, LAB_FONT_PT, LAB_IMAGE_SCALE, LAB_RESULTS_KEPT,
                        MAX_DIFFICULTY_SAMPLES, MAX_GUIDANCE, MAX_RECOGNISABILITY_SEEDS, MAX_RECOGNISABILITY_WORK,
@@ -47,37 +45,6 @@ def signed_image(values: torch.Tensor, limit: float) -> np.ndarray:
 def big(image: np.ndarray) -> np.ndarray:
     """28×28 -> 280×280 crisp pixels (legible on a projector)."""
     return enlarge(image, LAB_IMAGE_SCALE)
-
-
-class ResultCache:
-    """The last few experiment results by their settings: a class pressing the same button shares one run
-    (those who ask while it runs wait for it, and the next ones get it at once)."""
-
-    def __init__(self, size: int):
-        self.size, self._items, self._running, self._lock = size, OrderedDict(), {}, threading.Lock()
-
-    def get_or_compute(self, key, compute):
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            running = self._running.get(key)
-            if running is None:
-                self._running[key] = Future()
-        if running is not None:
-            return running.result()
-        try:
-            value = compute()
-        except BaseException as error:
-            with self._lock:
-                self._running.pop(key).set_exception(error)
-            raise
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-            self._running.pop(key).set_result(value)
-        return value
 
 
 def recognisability_figure(result, sampler: str) -> "object":

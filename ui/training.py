@@ -3,7 +3,6 @@ run's snapshots), and what the loss means: one real digit's true noise ε beside
 Endpoints: /training_snapshots, /noise_prediction. The numbers all come from `diffusion.training_history`."""
 from __future__ import annotations
 
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 import gradio as gr
@@ -15,7 +14,7 @@ from diffusion.data import grid_image, to_model_range
 from diffusion.training_history import (NOISE_RANGE, SNAPSHOT_DIR, image_to_uint8, list_snapshots, load_snapshot,
                                         loss_by_t, loss_history, noise_prediction, noise_to_uint8, read_evaluation)
 
-from .classroom import Classroom
+from .classroom import Classroom, ResultCache
 from .rendering import enlarge
 from .settings import (DEFAULT_NOISE_T, LOSS_BY_T_POINTS, MAX_SEED, NOISE_IMAGE_SCALE, SNAPSHOT_CACHE,
                        SNAPSHOT_GRID_CACHE, SNAPSHOT_GRID_SCALE, TRAINING_CONCURRENCY)
@@ -34,23 +33,6 @@ def swatch(colour: str, text: str) -> str:
     return f'<b style="color: {colour}">━━ {text}</b>'
 
 
-class Memo:
-    """A bounded cache of compute(*key): beyond `size` values the least recently used goes. Called only on
-    the tab's worker thread (one computation at a time: a class opening the page together computes once)."""
-
-    def __init__(self, compute, size: int):
-        self.compute, self.size = compute, size
-        self.values: OrderedDict = OrderedDict()
-
-    def __call__(self, *key):
-        if key not in self.values:
-            self.values[key] = self.compute(*key)
-            while len(self.values) > self.size:
-                self.values.popitem(last=False)
-        self.values.move_to_end(key)
-        return self.values[key]
-
-
 class TrainingTab:
     """Handlers (their parameter names are the API's) and the layout of the Training tab."""
 
@@ -64,9 +46,9 @@ class TrainingTab:
         # the network server, and a busy machine cannot make torch's two threads wait for each other.
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training",
                                          initializer=torch.set_num_threads, initargs=(1,))
-        self.network = Memo(lambda i: load_snapshot(self.snapshots[i]), SNAPSHOT_CACHE)
-        self.grid = Memo(self.draw_grid, SNAPSHOT_GRID_CACHE)
-        self.curve = Memo(self.measure_loss_by_t, SNAPSHOT_CACHE + 1)
+        self.network = ResultCache(SNAPSHOT_CACHE).memoised(lambda i: load_snapshot(self.snapshots[i]))
+        self.grid = ResultCache(SNAPSHOT_GRID_CACHE).memoised(self.draw_grid)
+        self.curve = ResultCache(SNAPSHOT_CACHE + 1).memoised(self.measure_loss_by_t)
 
     # --- samples along the way ---------------------------------------------------------------------------
     def draw_grid(self, index: int, seed: int) -> np.ndarray:
