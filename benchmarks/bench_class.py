@@ -17,6 +17,7 @@ Writes benchmarks/results/class.json and exits 1 if a bar is missed.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import re
 import sys
@@ -66,15 +67,22 @@ class Student:
                     error = line[6:200]
         return {"first": first, "done": time.perf_counter() - start, "ok": ok, "error": error}
 
-    PARAMETERS = {"generate": ["digit", "samples_per_digit", "guidance", "sampler", "steps", "seed",
-                               "quality_prompts_text"],
-                  "reverse_process": ["digit", "guidance", "sampler", "steps", "seed"]}
+    def data(self, api_name: str, values: dict) -> list:
+        """The endpoint's parameters in the app's order: these values, else the benchmark's defaults, else the
+        app's own (read once from /gradio_api/info, so a new parameter with a default needs no change here)."""
+        merged = {**self.DEFAULTS, **({"digit": "3"} if api_name == "reverse_process" else {}), **values}
+        return [merged.get(name, default) for name, default in api_parameters(self.url)[api_name]]
+
     DEFAULTS = {"digit": "all", "samples_per_digit": 1, "guidance": DEFAULT_GUIDANCE, "sampler": DEFAULT_SAMPLER,
                 "steps": DEFAULT_STEPS, "seed": 0, "quality_prompts_text": ""}
 
-    def data(self, api_name: str, values: dict) -> list:
-        merged = {**self.DEFAULTS, **({"digit": "3"} if api_name == "reverse_process" else {}), **values}
-        return [merged[name] for name in self.PARAMETERS[api_name]]
+
+@functools.cache
+def api_parameters(url: str) -> dict[str, list[tuple[str, object]]]:
+    """{endpoint: [(parameter name, its default), ...]} as the app describes its API."""
+    info = httpx.get(f"{url}gradio_api/info").json()["named_endpoints"]
+    return {name.strip("/"): [(p["parameter_name"], p.get("parameter_default")) for p in e["parameters"]]
+            for name, e in info.items()}
 
 
 def together(jobs: list) -> list[dict]:
