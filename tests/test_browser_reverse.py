@@ -46,9 +46,14 @@ def test_the_player_plays_pauses_steps_loops_and_follows_the_slider(page):
     page.wait_for_selector("#player .frame", state="attached")
     assert page.locator("#player .frame").count() == steps + 1  # every frame, in the page
     # Every frame is shown at once in the player: x_t and x̂₀ (28 px, pixelated) at least 240 px wide.
-    sizes = page.eval_on_selector_all("#player .frame:not([hidden]) img",
-                                      "imgs => imgs.map(i => [i.complete && i.naturalWidth, i.clientWidth])")
-    assert len(sizes) == 2 and all(natural == 28 and width >= 240 for natural, width in sizes)
+    # (each a tile showing its cell of the run's sheet of frames, scaled so one 28-px cell fills the tile: 100%)
+    sizes = page.eval_on_selector_all("#player .frame:not([hidden]) .tile", """tiles => tiles.map(t => {
+        const style = getComputedStyle(t), columns = Number(t.closest('.player').dataset.columns);
+        return [t.clientWidth, t.clientHeight, parseFloat(style.backgroundSize) / columns, style.imageRendering,
+                style.backgroundImage.startsWith('url("data:image/png')]; })""")
+    assert len(sizes) == 2, sizes
+    for width, height, cell_shown, rendering, has_sheet in sizes:
+        assert width >= 240 and height == width and cell_shown == 100 and rendering == "pixelated" and has_sheet
     # It starts playing by itself from x_T; pause stops it.
     page.wait_for_function("() => document.querySelector('#player [data-action=play]').innerText.includes('Pause')")
     button(page, "play").click()

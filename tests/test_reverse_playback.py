@@ -22,14 +22,22 @@ from ui.rendering import FILMSTRIP_TILE, filmstrip_cell
 # --- helpers -------------------------------------------------------------------------------------------
 
 def player_frames(player: str) -> list[dict]:
-    """The player's frames, in order: {"step", "x_t", "x0" (uint8 [28,28]), "caption"}."""
-    figures = re.findall(r'<figure class="frame" data-step="(\d+)"[^>]*><img src="data:image/png;base64,([^"]+)"'
-                         r'[^>]*><img src="data:image/png;base64,([^"]+)"[^>]*><figcaption>(.*?)</figcaption>', player)
+    """The player's frames, in order: {"step", "x_t", "x0" (uint8 [28,28]), "caption"}: each tile's cell, cut
+    out of its sheet where the tile's background-position points."""
+    columns, rows = (int(re.search(rf'data-{name}="(\d+)"', player).group(1)) for name in ("columns", "rows"))
+    sheets = {name: np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("L"))
+              for name, data in re.findall(r'--(x-t|x0)-sheet: url\(data:image/png;base64,([^)]+)\)', player)}
+    assert set(sheets) == {"x-t", "x0"} and all(s.shape == (rows * 28, columns * 28) for s in sheets.values())
+    tile = r'<i class="tile"[^>]*background-image: var\(--(x-t|x0)-sheet\); background-position: ([\d.]+)% ([\d.]+)%"></i>'
+    figures = re.findall(rf'<figure class="frame" data-step="(\d+)"[^>]*>{tile}{tile}<figcaption>(.*?)</figcaption>',
+                         player)
 
-    def image(data: str) -> np.ndarray:
-        return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("L"))
+    def cell(sheet: str, x: str, y: str) -> np.ndarray:
+        column, row = round(float(x) / 100 * max(1, columns - 1)), round(float(y) / 100 * max(1, rows - 1))
+        return sheets[sheet][row * 28:(row + 1) * 28, column * 28:(column + 1) * 28]
 
-    return [{"step": int(step), "x_t": image(a), "x0": image(b), "caption": caption} for step, a, b, caption in figures]
+    return [{"step": int(step), "x_t": cell(a, ax, ay), "x0": cell(b, bx, by), "caption": caption, "sheets": (a, b)}
+            for step, a, ax, ay, b, bx, by, caption in figures]
 
 
 def percent_in(caption: str, name: str) -> float:
@@ -59,7 +67,7 @@ def test_the_last_message_carries_the_player_with_every_frame(client, classroom)
     *_, counter, plot, gif, slider, player = reverse_process(client, digit="5", steps=steps, seed=3)
     frames = player_frames(player)
     assert [f["step"] for f in frames] == list(range(steps + 1)) == list(range(slider["maximum"] + 1))
-    assert player.count("<img") == 2 * (steps + 1)  # nothing else is in it
+    assert player.count('class="tile"') == 2 * (steps + 1) and all(f["sheets"] == ("x-t", "x0") for f in frames)
     # the frames are the engine's: x_T from the seed, then each step's x_t (x̂₀ of x_T: black, no guess yet)
     x_T = initial_noise(1, torch.Generator().manual_seed(3))
     engine = list(classroom.pipe.denoising_steps([5], guidance=DEFAULT_GUIDANCE, sampler=DEFAULT_SAMPLER,

@@ -33,7 +33,9 @@ FRAME_SCALE = 8    # 28 px -> 224 px for x_t, x̂0 and x_0
 GIF_SCALE, GIF_MAX_FRAMES, GIF_FRAME_MS, GIF_LAST_FRAME_MS = 3, 60, 80, 1500  # a 60-frame GIF: ~20 ms to encode
 MAX_STREAMED_FRAMES = 100  # frames sent while the reverse process runs (a 500-step ddpm run sends every 5th)
 FRAME_INTERVAL_S = 0.1     # at most 10 frames a second while it runs: the page plays every frame back afterwards
-FRAMES_PER_SECOND = 20     # … and at most about 20 a second for all the animations streaming at once
+FRAMES_PER_SECOND = 10     # … and at most about 10 a second for all the animations at once: each frame sent
+                           # wakes threads that preempt the network's (30 ddpm-500 runs: 20 a second took 1.3× the
+                           # network's own time, 5 a second 1.1×)
 PLOT_POINTS = 50           # frames the classifier scores for the confidence plot (more where it first recognises)
 STRIP_FRAMES = 8
 ALL_DIGITS = "all"
@@ -67,6 +69,7 @@ LAB_IMAGE_SCALE = 10         # 28 px -> 280 px images
 # --- Reverse process: playback in the browser, and all ten digits as one filmstrip ----------------------
 PLAYER_IMAGE_PX = 256            # x_t and x̂₀ in the player: 28 px shown 256 px wide, pixelated
 PLAYER_MIN_FPS, PLAYER_MAX_FPS = 1, 30  # the player's speed slider, frames a second
+PLAYER_SHEET_COLUMNS = 32        # the player's frames travel as one sheet of 28-px cells, this many a row
 PLAYER_SECONDS = 4               # a run starts playing at the speed that shows all its frames in about this long
 GIF_SECONDS = 4                  # the GIF lasts about this long too (each frame at least GIF_FRAME_MS)
 FILMSTRIP_PERCENTS = (0, 10, 25, 50, 75, 90, 100)  # the filmstrip's columns: % of the reverse process
@@ -144,7 +147,7 @@ body.presenter .prose, body.presenter .md, body.presenter .md p, body.presenter 
 body.presenter .md th, body.presenter .sample-card, body.presenter label, body.presenter button {{
   font-size: max({PRESENTER_TEXT_PX}px, 1em); }}
 body.presenter .md h1 {{ font-size: 32px; }}
-body.presenter .pixels img, body.presenter #player .frame > img {{
+body.presenter .pixels img, body.presenter #player .frame > .tile {{
   min-width: {PRESENTER_IMAGE_PX}px; min-height: {PRESENTER_IMAGE_PX}px; object-fit: contain; }}
 body.presenter .pixels:not(.gallery):not(#strip) .image-container,
 body.presenter .pixels:not(#strip) [data-testid="image"] {{ height: auto !important; min-height: {PRESENTER_IMAGE_PX}px; }}
@@ -161,7 +164,7 @@ body.presenter .gradio-container {{ max-width: 100% !important; }}  /* compact: 
   .gradio-container img, .gradio-container canvas, .gradio-container svg {{ max-width: 100%; }}
   .gradio-container .row:has(> #x-t), .gradio-container .row:has(> #x0-hat) {{ flex-wrap: nowrap !important; }}
   #x-t, #x0-hat {{ min-width: 0 !important; flex: 1 1 0 !important; }}
-  #player .frame > img {{ width: calc(50% - 8px) !important; height: auto !important; margin-right: 4px !important; }}
+  #player .frame > .tile {{ width: calc(50% - 8px) !important; margin-right: 4px !important; }}
   #player .player-heads span {{ width: calc(50% - 8px) !important; margin-right: 4px !important; }}
   #strip .grid-container {{ grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }}
   .md table, .prose table {{ display: block; overflow-x: auto; max-width: 100%; }}
