@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import ipaddress
+import os
+import queue
 import shutil
 import tempfile
 import threading
 import uuid
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,68 @@ class Scores:
     classifier: ClassifierScores
     clip: ClipScores | None
     clip_note: str = ""
+
+
+class ClassifierThread:
+    """The classifiers' one thread, shared by every tab (one torch thread: the other core is the network
+    server's; one set of torch's per-thread buffers, not one per handler thread). What waits while it is busy
+    is run together: every waiting request to the same classifier is one forward pass (thirty animations'
+    frames: one pass, not thirty), each request getting its own rows back."""
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="classifier", daemon=True)
+        self._thread.start()
+
+    def probabilities(self, classifier, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """classifier.predict_proba(x) (or (x, t) for a noise-aware classifier, t: [B] ints) on this thread,
+        batched with the other requests waiting for the same classifier: [B,10]."""
+        future: Future = Future()
+        self._jobs.put((classifier, x, None if t is None else torch.as_tensor(t).long().expand(len(x)), future))
+        return future.result()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+    def _work(self) -> None:
+        torch.set_num_threads(1)
+        while (job := self._jobs.get()) is not None:
+            waiting = [job]
+            with contextlib.suppress(queue.Empty):
+                while (more := self._jobs.get_nowait()) is not None:
+                    waiting.append(more)
+                self._jobs.put(None)  # close() came while these waited: stop once they are done
+            for classifier in {id(j[0]): j[0] for j in waiting}.values():
+                self._run([j for j in waiting if j[0] is classifier])
+
+    @staticmethod
+    def _run(jobs: list) -> None:
+        """One forward pass for these jobs (same classifier); a failing batch is retried job by job, so one bad
+        request fails alone."""
+        try:
+            x = torch.cat([j[1] for j in jobs])
+            probs = (jobs[0][0].predict_proba(x) if jobs[0][2] is None else
+                     jobs[0][0].predict_proba(x, torch.cat([j[2] for j in jobs])))
+            for j, p in zip(jobs, probs.split([len(j[1]) for j in jobs])):
+                j[3].set_result(p)
+        except Exception as error:
+            if len(jobs) == 1:
+                jobs[0][3].set_exception(error)
+            else:
+                for j in jobs:
+                    ClassifierThread._run([j])
+
+
+class OnClassifierThread:
+    """A classifier whose predict_proba runs on the ClassifierThread, batched with others' requests: what
+    `diffusion.scoring`'s functions are given, so their checks run in the caller's thread."""
+
+    def __init__(self, thread: ClassifierThread, classifier):
+        self.thread, self.classifier = thread, classifier
+        self.schedule = getattr(classifier, "schedule", None)  # a noise-aware classifier's (its t range)
+
+    def predict_proba(self, x: torch.Tensor, t=None) -> torch.Tensor:
+        return self.thread.probabilities(self.classifier, x, t)
 
 
 def yield_to_the_network() -> None:
@@ -184,11 +247,10 @@ class Classroom:
         self.work_folder = Path(tempfile.mkdtemp(prefix="mnist-diffusion-app-"))  # GIFs and plots
         self.shipped_images, self.shipped_labels = load_shipped_digits()
         self.shipped_test_index = shipped_test_index()
-        # The classifier runs on one thread of its own for every tab: one set of torch's per-thread buffers
-        # instead of one per handler thread (with a class, a hundred threads and hundreds of MB), and one
-        # torch thread, leaving the other core to the network server.
-        self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classifier",
-                                         initializer=torch.set_num_threads, initargs=(1,))
+        # The classifiers run on one thread of their own for every tab, batching what waits (ClassifierThread)
+        self.scorer = ClassifierThread()
+        self.batched_classifier = OnClassifierThread(self.scorer, classifier)
+        self.batched_noise_classifier = OnClassifierThread(self.scorer, noise_classifier)
         self.runs = RunStore(MAX_RUN_STORE_BYTES)
         self.sampling_slots = ClientSlots(MAX_IN_FLIGHT_PER_CLIENT, "sampling requests")
         self.image_slots = ClientSlots(MAX_IN_FLIGHT_PER_CLIENT, "image requests")
@@ -199,7 +261,7 @@ class Classroom:
     def close(self) -> None:
         """Stop the network server and remove the work folder (the app calls this when it stops)."""
         self.server.close()
-        self.scorer.shutdown(wait=False)
+        self.scorer.close()
         shutil.rmtree(self.work_folder, ignore_errors=True)
 
     # --- sampling requests ---------------------------------------------------------------------------
@@ -275,18 +337,18 @@ class Classroom:
         return self.classifier_scores(images, digits).confidence_requested
 
     def classifier_scores(self, images: np.ndarray, digits) -> ClassifierScores:
-        """`diffusion.scoring.classifier_scores`, on the classifier's thread."""
-        return self.scorer.submit(classifier_scores, self.classifier, images, digits).result()
+        """`diffusion.scoring.classifier_scores`, its forward pass on the classifier's thread."""
+        return classifier_scores(self.batched_classifier, images, digits)
 
     def noisy_image_scores(self, images: np.ndarray, t, digits) -> ClassifierScores:
         """The noise-aware classifier's scores of x_t images (uint8 [N,28,28]) at time steps t ([N] ints in
-        0..T; T for pure noise x_T), on the classifier's thread (`diffusion.scoring.noisy_image_scores`)."""
-        return self.scorer.submit(noisy_image_scores, self.noise_classifier, images, t, digits).result()
+        0..T; T for pure noise x_T), its forward pass on the classifier's thread (`diffusion.scoring.noisy_image_scores`)."""
+        return noisy_image_scores(self.batched_noise_classifier, images, t, digits)
 
     def noisy_probabilities(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The noise-aware classifier's probabilities [B,10] for x_t [B,1,28,28] (float) at time steps t [B],
         on the classifier's thread (the judge `diffusion.recognisability` asks)."""
-        return self.scorer.submit(self.noise_classifier.predict_proba, x, t).result()
+        return self.batched_noise_classifier.predict_proba(x, t)
 
 
 def load_classroom(unet: str, classifier: str, clip_model: str | None, clip_pretrained: str | None, *,

@@ -179,15 +179,16 @@ class ReverseTab:
         live, playback = gr.Row(visible=True), gr.Column(visible="hidden")
         for steps in handle.step_batches(interval):  # closing this generator (a closed tab) stops the run
             run.add(steps)
-            # the plot's frames are scored as they come, so the end has little left to do
-            self.score_frames(run, [s.index for s in steps if s.index % plot_stride == 0])
-            self.refine_first_recognisable(run, plot_stride)
             # show the newest frame that came (not the last: it comes with the results), and x_T always first:
             # the noise every run starts from
             sendable = [s.index for s in steps if s.index % stride == 0 and s.index < s.total]
             shown = sendable[-1:]
             if sendable[:1] == [0] and shown != [0]:
                 shown = [0] + shown
+            # the plot's frames are scored as they come (so the end has little left to do), with the frames
+            # shown: one request to each classifier, which batches it with the other runs' (ClassifierThread)
+            self.score_frames(run, [s.index for s in steps if s.index % plot_stride == 0] + shown)
+            self.refine_first_recognisable(run, plot_stride)
             for i in shown:
                 yield *self.frame_outputs(run, i), *[gr.skip()] * 4, live, playback, gr.skip()
                 live = playback = gr.skip()
@@ -255,18 +256,14 @@ class ReverseTab:
         with self.classroom.sampling_slots.slot(request):
             steps = self.classroom.server.submit(checked, stream=True).steps()
             # the measurement stops following once every digit is recognisable; the filmstrip needs the rest
-            found = measure_recognisability(keep_picks(steps), checked.digits, self.noisy_probabilities, T)
+            found = measure_recognisability(keep_picks(steps), checked.digits, self.classroom.noisy_probabilities,
+                                            T)
             for _ in keep_picks(steps):
                 pass
         x_t = np.stack([to_uint8(kept[i].x) for i in picks])  # [columns, 10, 28, 28]
         x0 = np.stack([to_uint8(kept[i].x0) if i else np.zeros_like(x_t[0]) for i in picks])  # x_T: no guess yet
         headers = [(f"{percent_of_process(i, S):.0f}%", f"t = {kept[i].t if i else T}") for i in picks]
         return filmstrip(x_t, x0, headers, [str(d) for d in checked.digits]), recognisability_table(found)
-
-    def noisy_probabilities(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The noise-aware classifier's probabilities [B,10] for x_t (float [B,1,28,28]) at time steps t ([B]),
-        on the classifier's thread (for `measure_recognisability`)."""
-        return self.classroom.scorer.submit(self.classroom.noise_classifier.predict_proba, x, t).result()
 
     def layout(self) -> None:
         """Build the tab inside the current gr.Tab."""
