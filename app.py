@@ -87,7 +87,7 @@ def main(argv=None) -> None:
                                   device=args.device, bf16=args.bf16, noise_classifier=args.noise_classifier)
     stop_on_sigterm()
     try:
-        ui.launch(ui.build_app(classroom), *server_address(args.host, args.port))
+        ui.launch(ui.build_app(classroom), classroom, *server_address(args.host, args.port))
     except KeyboardInterrupt:
         pass
     finally:

@@ -73,7 +73,7 @@ def launch_classroom(classroom):
 
     demo = ui.build_app(classroom)
     port = free_port()
-    ui.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    ui.launch(demo, classroom, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     return demo, f"http://127.0.0.1:{port}/"
 
 

@@ -50,10 +50,23 @@ def test_the_player_plays_pauses_steps_loops_and_follows_the_slider(page):
     sizes = page.eval_on_selector_all("#player .frame:not([hidden]) .tile", """tiles => tiles.map(t => {
         const style = getComputedStyle(t), columns = Number(t.closest('.player').dataset.columns);
         return [t.clientWidth, t.clientHeight, parseFloat(style.backgroundSize) / columns, style.imageRendering,
-                style.backgroundImage.startsWith('url("data:image/png')]; })""")
+                style.backgroundImage.includes('gradio_api/file=')]; })""")
     assert len(sizes) == 2, sizes
     for width, height, cell_shown, rendering, has_sheet in sizes:
         assert width >= 240 and height == width and cell_shown == 100 and rendering == "pixelated" and has_sheet
+    # … and the sheets load (the app serves them): columns × 28 px wide
+    loaded = page.evaluate("""async () => {
+        const player = document.querySelector('#player .player');
+        const urls = ['--x-t-sheet', '--x0-sheet'].map(name =>
+            getComputedStyle(player).getPropertyValue(name).trim().replace(/^url\\(["']?|["']?\\)$/g, ''));
+        return Promise.all(urls.map(url => new Promise(done => {
+            const image = new Image();
+            image.onload = () => done(image.naturalWidth);
+            image.onerror = () => done(-1);
+            image.src = url; })));
+    }""")
+    columns = int(page.locator("#player .player").get_attribute("data-columns"))
+    assert loaded == [columns * 28] * 2, loaded
     # It starts playing by itself from x_T; pause stops it.
     page.wait_for_function("() => document.querySelector('#player [data-action=play]').innerText.includes('Pause')")
     button(page, "play").click()

@@ -26,7 +26,7 @@ def hold(thread, classifier) -> tuple[threading.Thread, threading.Event]:
     busy, gate = threading.Event(), threading.Event()
 
     class Held:
-        def predict_proba(self, x, t=None):
+        def predict_proba(self, x, t=None, batch_size=1000):
             busy.set()
             gate.wait(10)
             return classifier.predict_proba(x)
@@ -44,9 +44,10 @@ class CountingClassifier(torch.nn.Module):
         super().__init__()
         self.inner, self.batches = inner, []
 
-    def predict_proba(self, x, t=None):
+    def predict_proba(self, x, t=None, batch_size=1000):
         self.batches.append(len(x))
-        return self.inner.predict_proba(x) if t is None else self.inner.predict_proba(x, t)
+        return self.inner.predict_proba(x, batch_size=batch_size) if t is None else self.inner.predict_proba(
+            x, t, batch_size=batch_size)
 
 
 def test_waiting_requests_share_one_pass_and_get_their_own_rows(models, thread):
@@ -68,7 +69,7 @@ def test_waiting_requests_share_one_pass_and_get_their_own_rows(models, thread):
     gate.set()
     for a in [first, *askers]:
         a.join(10)
-    assert counting.batches == [15]  # one pass for the five
+    assert counting.batches == [16]  # one pass for the five (15 rows, padded to a chunk of 16)
     for got, expected in zip(results, alone):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 

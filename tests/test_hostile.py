@@ -354,3 +354,16 @@ def test_every_endpoint_refuses_garbage_with_a_clear_message(url):
                     continue  # a value this parameter accepts (e.g. "" prompts, True is refused elsewhere)
                 assert_clear_refusal(status, message)
     assert_still_serving(url)
+
+
+def test_the_served_work_folder_shows_its_own_files_and_nothing_else(url, classroom):
+    """The players' sheets of frames are files the app serves from its work folder (ui.launch); nothing outside
+    it can be read through that door."""
+    status, _ = call_with(url, "reverse_process", digit="4", steps=3)
+    assert status == 200
+    [sheet, *_] = sorted(classroom.work_folder.glob("player-*.png"), key=lambda p: -p.stat().st_mtime)
+    assert httpx.get(f"{url}gradio_api/file={sheet}").status_code == 200
+    for outside in ("/etc/passwd", f"{classroom.work_folder}/../../etc/passwd", f"{sheet}/../../../etc/hostname",
+                    __file__):
+        response = httpx.get(f"{url}gradio_api/file={outside}")
+        assert response.status_code in (403, 404) and "root:" not in response.text, outside

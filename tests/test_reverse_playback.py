@@ -1,8 +1,6 @@
 """The Reverse-process tab's playback, all-ten filmstrip and recognisability readout, through gradio_client
 against the launched app: the player carries every frame (checked against the engine), the filmstrip has
 the size and the images the engine gives, and the noise-aware classifier says "can't tell" on pure noise."""
-import base64
-import io
 import re
 
 import numpy as np
@@ -23,10 +21,10 @@ from ui.rendering import FILMSTRIP_TILE, filmstrip_cell
 
 def player_frames(player: str) -> list[dict]:
     """The player's frames, in order: {"step", "x_t", "x0" (uint8 [28,28]), "caption"}: each tile's cell, cut
-    out of its sheet where the tile's background-position points."""
+    out of its sheet (a PNG file the app serves) where the tile's background-position points."""
     columns, rows = (int(re.search(rf'data-{name}="(\d+)"', player).group(1)) for name in ("columns", "rows"))
-    sheets = {name: np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("L"))
-              for name, data in re.findall(r'--(x-t|x0)-sheet: url\(data:image/png;base64,([^)]+)\)', player)}
+    sheets = {name: np.asarray(Image.open(path).convert("L"))  # files the app serves (this machine's disk)
+              for name, path in re.findall(r'--(x-t|x0)-sheet: url\(&quot;gradio_api/file=([^&]+)&quot;\)', player)}
     assert set(sheets) == {"x-t", "x0"} and all(s.shape == (rows * 28, columns * 28) for s in sheets.values())
     tile = r'<i class="tile"[^>]*background-image: var\(--(x-t|x0)-sheet\); background-position: ([\d.]+)% ([\d.]+)%"></i>'
     figures = re.findall(rf'<figure class="frame" data-step="(\d+)"[^>]*>{tile}{tile}<figcaption>(.*?)</figcaption>',

@@ -76,8 +76,9 @@ def build_app(classroom: Classroom) -> gr.Blocks:
     return demo
 
 
-def launch(demo: gr.Blocks, host: str, port: int, **kwargs):
-    """Queue with limits (sized for 2 vCPUs) and serve. Returns what gr.Blocks.launch returns."""
+def launch(demo: gr.Blocks, classroom: Classroom, host: str, port: int, **kwargs):
+    """Queue with limits (sized for 2 vCPUs) and serve, with the classroom's work folder (GIFs, the players'
+    sheets of frames: nothing a user sent) served as files. Returns what gr.Blocks.launch returns."""
     # api_open=False: a queued event cannot be called directly (POST /run/<name>), skipping the queue's limits;
     # RequestGuard closes the other doors and bounds every request body before gradio stores anything.
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2, api_open=False)
@@ -86,5 +87,5 @@ def launch(demo: gr.Blocks, host: str, port: int, **kwargs):
     # round trips became 100 ms after ten reverse-process runs). The app has its own frame slider.
     return demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, max_file_size=MAX_FILE_BYTES,
                        max_threads=WORKER_THREADS, state_session_capacity=SESSION_CAPACITY,
-                       ssr_mode=False, show_error=True, run_history=False,
+                       ssr_mode=False, show_error=True, run_history=False, allowed_paths=[str(classroom.work_folder)],
                        app_kwargs={"middleware": [Middleware(RequestGuard, blocks=demo)]}, **kwargs)

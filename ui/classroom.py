@@ -32,7 +32,8 @@ from diffusion.scoring import (DIGIT_PROMPTS, ClassifierScores, ClipScores, Clip
                                classifier_scores, noisy_image_scores)
 from diffusion.server import NetworkServer
 
-from .settings import HANDLER_NICENESS, MAX_IN_FLIGHT_PER_CLIENT, MAX_RUN_STORE_BYTES, MAX_SAMPLES, MAX_WORK
+from .settings import (CLASSIFIER_CHUNK_ROWS, HANDLER_NICENESS, MAX_CHUNKED_CLASSIFIER_ROWS, MAX_IN_FLIGHT_PER_CLIENT,
+                       MAX_RUN_STORE_BYTES, MAX_SAMPLES, MAX_WORK)
 from .validation import digit_set, invalid, user_errors
 
 CLIP_BUSY = ("CLIP skipped this time: {why}, and on a 2-core machine CLIP would hold them up. It scores "
@@ -86,8 +87,18 @@ class ClassifierThread:
         request fails alone."""
         try:
             x = torch.cat([j[1] for j in jobs])
-            probs = (jobs[0][0].predict_proba(x) if jobs[0][2] is None else
-                     jobs[0][0].predict_proba(x, torch.cat([j[2] for j in jobs])))
+            t = None if jobs[0][2] is None else torch.cat([j[2] for j in jobs])
+            # in chunks of one size, the last padded: torch keeps kernels and buffers for every batch shape it
+            # meets, and batches of any size held 35 MB more after a class's runs (benchmarks/bench_class)
+            rows, chunk = len(x), CLASSIFIER_CHUNK_ROWS
+            if rows > MAX_CHUNKED_CLASSIFIER_ROWS:  # a large measurement (the Lab's): one shape of its own
+                chunk = MAX_CHUNKED_CLASSIFIER_ROWS
+            elif padding := -rows % chunk:
+                x = torch.cat([x, x.new_zeros(padding, *x.shape[1:])])
+                t = None if t is None else torch.cat([t, t.new_zeros(padding)])
+            classifier = jobs[0][0]
+            probs = (classifier.predict_proba(x, batch_size=chunk) if t is None else
+                     classifier.predict_proba(x, t, batch_size=chunk))[:rows]
             for j, p in zip(jobs, probs.split([len(j[1]) for j in jobs])):
                 j[3].set_result(p)
         except Exception as error:

@@ -21,7 +21,8 @@ from diffusion.scoring import ClassifierScores, ClipScores, agreement
 from diffusion.schedules import SCHEDULE_NAMES, NoiseSchedule
 
 from .settings import (FILMSTRIP_FONT_PX, FILMSTRIP_SCALE, GIF_FRAME_MS, GIF_LAST_FRAME_MS, GIF_MAX_FRAMES, GIF_SCALE,
-                       GIF_SECONDS, PLAYER_IMAGE_PX, PLAYER_MAX_FPS, PLAYER_MIN_FPS, PLAYER_SHEET_COLUMNS)
+                       GIF_SECONDS, PLAYER_IMAGE_PX, PLAYER_MAX_FPS, PLAYER_MIN_FPS, PLAYER_RUNS_KEPT,
+                       PLAYER_SHEET_COLUMNS)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -215,16 +216,24 @@ def sheet_position(i: int, rows: int, columns: int) -> str:
     return f"{100 * column / max(1, columns - 1):.4g}% {100 * row / max(1, rows - 1):.4g}%"
 
 
-def player_html(x_t: Sequence[np.ndarray], x0: Sequence[np.ndarray], captions: Sequence[str], fps: int) -> str:
+def player_html(x_t: Sequence[np.ndarray], x0: Sequence[np.ndarray], captions: Sequence[str], fps: int,
+                folder: Path) -> str:
     """The reverse-process player: every frame (x_t beside x̂₀, uint8 [28,28] each, shown PLAYER_IMAGE_PX wide)
     with its caption, all but the last hidden, and the play controls; `fps` is the speed it starts at.
-    The frames travel as two sheets (frame_sheet: PNG data URIs in CSS variables on the player); each frame's
-    two tiles show their cell of them. ui/player.js plays it in the browser (each player is new to the page,
-    data-run, so the same run asked again plays again); without JavaScript it shows the last frame. About 1 KB
-    a frame (a 500-step ddpm run: about 0.6 MB)."""
+    The frames travel as two sheets (frame_sheet), PNG files in `folder` (which the app serves, see
+    ui.launch) named in CSS variables on the player; each frame's two tiles show their cell of them. Files, not
+    data in the page: gradio keeps every session's last outputs, and a 500-step run's sheets are ~0.6 MB.
+    ui/player.js plays it in the browser (each player is new to the page, data-run, so the same run asked
+    again plays again); without JavaScript it shows the last frame."""
     columns = min(len(x_t), PLAYER_SHEET_COLUMNS)
     rows = -(-len(x_t) // columns)
-    sheets = {name: png_data_uri(frame_sheet(frames, columns)) for name, frames in (("x-t", x_t), ("x0", x0))}
+    run = uuid.uuid4().hex[:8]
+    sheets = {}
+    for name, frames in (("x-t", x_t), ("x0", x0)):
+        path = folder / f"player-{run}-{name}.png"
+        Image.fromarray(frame_sheet(frames, columns)).save(path, compress_level=1)
+        sheets[name] = f"gradio_api/file={path}"  # relative to the page, so the app may live under a path
+    keep_newest(folder, "player-*.png", keep=2 * PLAYER_RUNS_KEPT)
 
     def tile(sheet: str, i: int, what: str) -> str:
         return (f'<i class="tile" role="img" aria-label="{what} at step {i}" style="background-image: '
@@ -234,8 +243,9 @@ def player_html(x_t: Sequence[np.ndarray], x0: Sequence[np.ndarray], captions: S
         f'<figure class="frame" data-step="{i}"{"" if i == len(x_t) - 1 else " hidden"}>'
         f'{tile("x-t", i, "x_t")}{tile("x0", i, "x̂₀")}<figcaption>{html.escape(caption)}</figcaption></figure>'
         for i, caption in enumerate(captions))
-    return (f'<div class="player" data-run="{uuid.uuid4().hex[:8]}" data-autoplay data-columns="{columns}" '
-            f'data-rows="{rows}" style="--x-t-sheet: url({sheets["x-t"]}); --x0-sheet: url({sheets["x0"]}); '
+    return (f'<div class="player" data-run="{run}" data-autoplay data-columns="{columns}" '
+            f'data-rows="{rows}" style="--x-t-sheet: url(&quot;{html.escape(sheets["x-t"])}&quot;); '
+            f'--x0-sheet: url(&quot;{html.escape(sheets["x0"])}&quot;); '
             f'--sheet-size: {100 * columns}% {100 * rows}%">'
             f'<div class="player-heads"><span>x_t (noisy image)</span><span>x̂₀ (the model’s guess)</span></div>'
             f'{frames}<div class="player-controls">'

@@ -198,7 +198,8 @@ class ReverseTab:
         scrubber = gr.Slider(minimum=0, maximum=len(run) - 1, value=len(run) - 1, step=1, interactive=True)
         gif = write_gif(run.x_t, run.x0, self.classroom.work_folder, f"reverse-process-{run.digit}")
         fps = min(PLAYER_MAX_FPS, max(PLAYER_MIN_FPS, round(len(run) / PLAYER_SECONDS)))
-        player = player_html(run.x_t, run.x0, [frame_caption(run, i) for i in range(len(run))], fps)
+        player = player_html(run.x_t, run.x0, [frame_caption(run, i) for i in range(len(run))], fps,
+                             self.classroom.work_folder)
         yield (x_t, x0, counter + "\n\n" + recognition_summary(run), confidence_table(run), str(gif), scrubber,
                player, gr.Row(visible="hidden"), gr.Column(visible=True), self.classroom.runs.put(run))
 

@@ -19,7 +19,12 @@ ANIMATION_CONCURRENCY = 40      # /reverse_process too: a whole class animates a
 HANDLER_NICENESS = 10           # handler threads run below the network server's thread (see classroom.py)
 WORKER_THREADS = SAMPLING_CONCURRENCY + ANIMATION_CONCURRENCY + 24  # gradio's threads for the handlers
 LIGHT_CONCURRENCY = 4           # forward noising, loading x₀: milliseconds each
-SESSION_CAPACITY = 200          # browser sessions whose state (the id of their last reverse-process run) is kept
+# Browser sessions whose state is kept (the id of their last reverse-process run; gradio also keeps each session's
+# copy of the page's config and last outputs: measured 0.5 MB a session with the eight tabs). Least recently used
+# goes first, so a class of 30 (each page one session) keeps theirs; 200 held 100 MB.
+SESSION_CAPACITY = 64
+CLASSIFIER_CHUNK_ROWS = 16        # the classifiers' thread runs its batches in chunks of this many rows …
+MAX_CHUNKED_CLASSIFIER_ROWS = 256 # … unless a batch has more (then in chunks of this)
 MAX_RUN_STORE_BYTES = 16 * 2**20  # reverse-process frames kept for scrubbing (a 500-step run: 0.8 MB)
 # Every event goes through the queue (nothing can skip its limits). Sliders (/noise_at_t, /show_frame) take
 # milliseconds; UI-only events (fitting a slider to the sampler, CLIP's status) take microseconds.
@@ -70,6 +75,7 @@ LAB_IMAGE_SCALE = 10         # 28 px -> 280 px images
 PLAYER_IMAGE_PX = 256            # x_t and x̂₀ in the player: 28 px shown 256 px wide, pixelated
 PLAYER_MIN_FPS, PLAYER_MAX_FPS = 1, 30  # the player's speed slider, frames a second
 PLAYER_SHEET_COLUMNS = 32        # the player's frames travel as one sheet of 28-px cells, this many a row
+PLAYER_RUNS_KEPT = 400           # the newest runs whose sheets stay on disk for their players (~0.8 MB each at most)
 PLAYER_SECONDS = 4               # a run starts playing at the speed that shows all its frames in about this long
 GIF_SECONDS = 4                  # the GIF lasts about this long too (each frame at least GIF_FRAME_MS)
 FILMSTRIP_PERCENTS = (0, 10, 25, 50, 75, 90, 100)  # the filmstrip's columns: % of the reverse process
