@@ -13,12 +13,8 @@ import argparse
 import os
 import signal
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent
-DEFAULT_UNET = REPO / "checkpoints" / "unet"
-DEFAULT_CLASSIFIER = REPO / "checkpoints" / "classifier"
-DEFAULT_NOISE_CLASSIFIER = REPO / "checkpoints" / "noise_classifier"
+from diffusion.checkpoints import DEFAULT_CLASSIFIER, DEFAULT_NOISE_CLASSIFIER, DEFAULT_UNET
 SWITCH_INTERVAL_S = 0.0005
 
 

@@ -16,6 +16,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+DEFAULT_UNET = CHECKPOINT_DIR / "unet"                          # the shipped (distilled) diffusion model
+DEFAULT_CLASSIFIER = CHECKPOINT_DIR / "classifier"              # the trusted clean-digit classifier
+DEFAULT_NOISE_CLASSIFIER = CHECKPOINT_DIR / "noise_classifier"  # reads x_t at its t (learned DEFAULT_UNET's schedule)
 
 
 class CheckpointError(RuntimeError):

@@ -25,13 +25,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoints import CHECKPOINT_DIR, load_module, read_config, save_checkpoint
+from .checkpoints import (DEFAULT_CLASSIFIER, DEFAULT_NOISE_CLASSIFIER, DEFAULT_UNET, load_module, read_config,
+                          save_checkpoint)
 from .data import load_mnist, to_model_range
 from .schedules import NoiseSchedule
 
-DEFAULT_CLASSIFIER = CHECKPOINT_DIR / "classifier"
-DEFAULT_NOISE_CLASSIFIER = CHECKPOINT_DIR / "noise_classifier"
-DEFAULT_UNET = CHECKPOINT_DIR / "unet"  # the noise-aware classifier learns this network's schedule
 FEATURE_DIM = 128
 CLEAN_FRACTION = 0.3    # share of noise-aware training images at t = 0, so clean digits stay as accurate
 CLIPPED_FRACTION = 0.5  # share of noisy training images clipped to [-1,1], as the app's 8-bit frames are

@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .checkpoints import CHECKPOINT_DIR, load_module
+from .checkpoints import DEFAULT_UNET, load_module
 from .editing import prepare_run
 from .data import to_uint8
 from .model import ClassConditionalUNet, bf16_is_fast, build_unet
@@ -26,7 +26,6 @@ from .requests import (DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_INTERVAL, DEFAULT_SAMP
 from .sampling import SamplerStep, has_guidance_head, is_guided_step, sample_steps, timestep_sequence
 from .schedules import NoiseSchedule
 
-DEFAULT_UNET = CHECKPOINT_DIR / "unet"
 
 
 class DigitDiffusion:
