@@ -1,12 +1,14 @@
 """Issue 16 in a real browser (Debian's chromium, headless): the page at a 1366×768 projector, at a 390×844 phone
 and in presenter mode. Screenshots of every tab go to test-artifacts/devices-*.png. On the phone every tab is
 visible (no "•••" menu) and no tab is wider than the screen; presenter mode's sizes are checked on computed
-styles; typing T in its box refits t."""
+styles, the native plots' text too (at least 14 pt); typing T in its box refits t."""
 
 import pytest
 
-from browser_app import ARTIFACTS, app_page
+from browser_app import ARTIFACTS, app_page, shot, wait_plotted
 from ui.settings import PRESENTER_IMAGE_PX, PRESENTER_TEXT_PX
+
+MIN_PLOT_TEXT_PX = 14 * 96 / 72  # 14 pt = 18.67 CSS px
 
 pytestmark = pytest.mark.browser
 
@@ -87,6 +89,62 @@ def test_presenter_mode_from_the_address_and_the_switch(browser, app_url):
         page.wait_for_function("() => !document.body.classList.contains('presenter')")
         assert not presenter_sizes(page)["dark"]
         assert "presenter" not in page.url
+
+
+def plot_text_sizes(page, selector: str) -> list:
+    """[text, computed font-size in px, inside the plot's box] of every visible text of the native plot under
+    `selector` (Vega draws it as SVG: its <text> elements)."""
+    return page.eval_on_selector(selector, """plot => {
+        const block = plot.getBoundingClientRect();
+        return [...plot.querySelectorAll('.vega-embed svg text')].filter(t => {
+            const box = t.getBoundingClientRect();
+            return t.textContent.trim() && box.width > 0 && box.height > 0 && t.checkVisibility({opacityProperty: true,
+                visibilityProperty: true}); })
+        .map(t => { const box = t.getBoundingClientRect();
+            return [t.textContent.trim(), parseFloat(getComputedStyle(t).fontSize),
+                    box.top >= block.top - 1 && box.bottom <= block.bottom + 1 && box.left >= block.left - 1
+                    && box.right <= block.right + 1]; });
+    }""")
+
+
+def assert_plot_text_large(page, selector: str) -> list:
+    """Every visible text of the native plot under `selector` at least 14 pt, and none cut off by its box."""
+    assert page.locator(f"{selector} .vega-embed canvas").count() == 0, f"{selector} is drawn on a canvas"
+    sizes = plot_text_sizes(page, selector)
+    assert sizes, f"{selector}: no visible SVG text"
+    small = [(text, px) for text, px, _ in sizes if px < MIN_PLOT_TEXT_PX]
+    assert not small, (selector, small)
+    cut_off = [text for text, _, inside in sizes if not inside]
+    assert not cut_off, (selector, cut_off)
+    return sizes
+
+
+def test_presenter_mode_plots_text_at_least_14_pt(browser, app_url):
+    with app_page(browser, app_url, width=1366, height=768, query="?presenter=1", tab="Reverse process") as page:
+        page.wait_for_function("() => document.body.classList.contains('presenter')")
+        page.get_by_role("button", name="Run the reverse process").click()  # at the page's default settings
+        page.wait_for_function("() => document.querySelector('#step-counter').innerText.includes('first recognises')")
+        wait_plotted(page, "#confidence-plot")
+        page.wait_for_function("() => document.querySelectorAll('#confidence-plot .vega-embed svg text').length > 0")
+        sizes = assert_plot_text_large(page, "#confidence-plot")
+        texts = [text for text, _, _ in sizes]
+        assert "When does the digit become recognisable?" in texts and "p(the asked digit)" in texts, texts
+        # the lines' legend is the page's (Vega's own, under the plot, was cut off by the plot's box): page-sized
+        assert "curve" not in texts and not any(text.startswith("x_t") for text in texts), texts
+        legend = page.locator("#confidence-legend")
+        assert "x_t (noise-aware classifier)" in legend.inner_text() and legend.is_visible()
+        assert legend.evaluate("e => parseFloat(getComputedStyle(e.querySelector('b')).fontSize)") >= PRESENTER_TEXT_PX
+        page.locator("#confidence-plot").scroll_into_view_if_needed()
+        shot(page, "devices-presenter-confidence-plot", "#confidence-plot")
+        # the other tabs' native plots (drawn from the app's stored training logs when the tab opens)
+        for tab, selectors in (("Training", ("#loss-curve", "#loss-curve-zoom")),
+                               ("Architecture", ("#architecture-loss", "#architecture-heldout"))):
+            page.get_by_role("tab", name=tab, exact=True).click()
+            for selector in selectors:
+                wait_plotted(page, selector)
+                page.locator(selector).scroll_into_view_if_needed()
+                assert_plot_text_large(page, selector)
+                shot(page, f"devices-presenter-{selector[1:]}", selector)
 
 
 def test_typing_t_and_enter_refits_t(browser, app_url):

@@ -1,7 +1,8 @@
 """Issue 16's bugs, at the level of the handlers and the page's wiring (no browser): T typed in its box refits t,
 β start/end locked for cosine, samples × steps kept within MAX_WORK by the sliders, photos checked, empty panels
 that say what fills them, failed requests that clear their stale outputs, a short CLIP line, the Generate
-summary, legible figures. tests/test_browser_devices.py checks the same page in a real browser."""
+summary, the guidance sweep kept within MAX_WORK, legible figures. tests/test_browser_devices.py checks the same page in a real browser."""
+import re
 import shutil
 import time
 
@@ -14,10 +15,12 @@ from PIL import Image
 
 from diffusion.requests import MAX_SAMPLES, MAX_WORK
 from diffusion.schedules import SCHEDULE_NAMES, NoiseSchedule
+import ui.generate
 from ui import controls, settings
-from ui.controls import fit_samples_slider, samples_cap, wrap_tabs
+from ui.controls import fit_samples_slider, samples_cap, sweep_samples_cap, wrap_tabs
 from ui.forward import ForwardTab
 from ui.generate import CARDS_FAILED, CARDS_PROMPT, SWEEP_PROMPT, GenerateTab, clip_status_text
+from ui.reverse import ALL_TEN_FAILED, COUNTER_FAILED, COUNTER_PROMPT, CURVE_COLOURS, ReverseTab
 from ui.rendering import PLOT_FONT_PT, enlarge, schedule_figure, sweep_figure
 from ui.uploads import photo_problem, upload_folder
 
@@ -34,6 +37,16 @@ def page(classroom):
             forward.layout()
     wrap_tabs(demo)
     return demo, generate, forward, toggle
+
+
+@pytest.fixture(scope="module")
+def reverse_page(classroom):
+    """The Reverse-process tab in a page of its own (what build_app puts in its tab)."""
+    reverse = ReverseTab(classroom)
+    with gr.Blocks() as demo:
+        with gr.Tab("Reverse process"):
+            reverse.layout()
+    return demo, reverse
 
 
 def component(demo, elem_id):
@@ -187,6 +200,128 @@ def test_failed_requests_clear_their_outputs(page):
     assert forward_clears == {forward.cleared_after_failure}
     x_t, formula, strip, plot = forward.cleared_after_failure()
     assert x_t is None and strip is None and plot is None and "refused" in formula
+
+
+def test_reverse_tab_opens_with_a_prompt_not_a_placeholder(reverse_page):
+    demo, _ = reverse_page
+    counter = component(demo, "step-counter")
+    assert counter.value == COUNTER_PROMPT and "t = – / –" not in counter.value
+    assert "Press **Run the reverse process**" in COUNTER_PROMPT
+    for shown in ("x_t", "x̂₀", "t counting down", "classifiers", "player", "plot", "GIF"):  # what the run shows
+        assert shown in COUNTER_PROMPT, shown
+    # the browser tests wait for these in the counter: the prompt must not look like a run's counter
+    assert "first recognises" not in COUNTER_PROMPT and not re.search(r"step \d+ of \d+", COUNTER_PROMPT)
+
+
+def test_confidence_plot_legend_is_the_pages(reverse_page):
+    demo, _ = reverse_page
+    plot = component(demo, "confidence-plot")
+    assert plot.colors_in_legend == [] and set(plot.color_map) == set(CURVE_COLOURS)  # no legend cut off under it
+    legend = component(demo, "confidence-legend").value
+    assert all(curve in legend and colour in legend for curve, colour in CURVE_COLOURS.items())
+
+
+def outputs_by_block(handler, values) -> dict:
+    """{output block: the value the failure handler gives it}."""
+    assert len(handler.outputs) == len(values)
+    return dict(zip(handler.outputs, values))
+
+
+def test_failed_reverse_process_clears_every_output(reverse_page):
+    demo, reverse = reverse_page
+    handlers = failure_handlers(demo, reverse.reverse_process)
+    assert len(handlers) == 2  # the button's click and the dice's chained run
+    assert {f.fn for f in handlers} == {reverse.cleared_after_failure}
+    [run] = [f for f in demo.fns.values() if f.fn == reverse.reverse_process and f.api_name == "reverse_process"]
+    for handler in handlers:
+        assert handler.outputs == run.outputs  # every output of the run, cleared
+        assert handler.api_visibility == "private" and handler.concurrency_id == settings.UI_ONLY["concurrency_id"]
+    cleared = outputs_by_block(handlers[0], reverse.cleared_after_failure())
+    by_id = {block.elem_id: value for block, value in cleared.items() if getattr(block, "elem_id", None)}
+    assert by_id["x-t"] is None and by_id["x0-hat"] is None
+    assert by_id["step-counter"] == COUNTER_FAILED and "failed" in COUNTER_FAILED and "cleared" in COUNTER_FAILED
+    assert by_id["confidence-plot"] is None and by_id["gif"] is None and by_id["player"] == ""
+    scrubber = by_id["scrubber"]
+    assert (scrubber.minimum, scrubber.maximum, scrubber.value, scrubber.interactive) == (0, 1, 0, False)
+    [live] = [v for b, v in cleared.items() if isinstance(b, gr.Row)]
+    [playback] = [v for b, v in cleared.items() if isinstance(b, gr.Column)]
+    assert live.visible is True and playback.visible == "hidden"  # the live images back, the old player hidden
+    [state] = [v for b, v in cleared.items() if isinstance(b, gr.State)]
+    assert state is None  # the session forgets the failed request's predecessor
+
+
+def test_failed_all_ten_clears_the_filmstrip_and_its_table(reverse_page):
+    demo, reverse = reverse_page
+    [handler] = failure_handlers(demo, reverse.all_ten)
+    assert handler.fn == reverse.all_ten_cleared_after_failure and handler.api_visibility == "private"
+    cleared = outputs_by_block(handler, reverse.all_ten_cleared_after_failure())
+    assert {block.elem_id: value for block, value in cleared.items()} == {"all-ten": None,
+                                                                           "all-ten-table": ALL_TEN_FAILED}
+    assert "failed" in ALL_TEN_FAILED and "cleared" in ALL_TEN_FAILED
+
+
+# --- The guidance sweep: as many samples per digit as fit in MAX_WORK -------------------------------------------
+
+@pytest.mark.parametrize("digit", ["all", "3"])
+def test_sweep_samples_cap_is_the_most_that_fits(digit):
+    digits = 10 if digit == "all" else 1
+    for steps in (1, 12, 50, 100, 500):
+        for values in (1, 2, 6, 8):
+            cap = sweep_samples_cap(digit, steps, values)
+            assert cap * digits * steps * values <= MAX_WORK and cap * digits <= MAX_SAMPLES
+            assert (cap + 1) * digits * steps * values > MAX_WORK or (cap + 1) * digits > MAX_SAMPLES
+
+
+@pytest.fixture
+def sweeps(classroom, monkeypatch):
+    """The requests the sweep sends to the network server, recorded."""
+    sent = []
+    run = classroom.server.run
+
+    def recording(requests):
+        sent.append(list(requests))
+        return run(requests)
+
+    monkeypatch.setattr(classroom.server, "run", recording)
+    return sent
+
+
+def test_sweep_draws_as_many_samples_as_fit_and_says_so(classroom, sweeps, monkeypatch):
+    monkeypatch.setattr(ui.generate, "MAX_WORK", 60)  # small work, so the test is quick: 5 × 4 steps × 3 w = 60
+    generate = GenerateTab(classroom)
+    _, table = generate.guidance_sweep("3", 10, "0, 1, 2", "ddim", 4, 1)
+    assert [[r.num_samples for r in requests] for requests in sweeps] == [[5, 5, 5]]
+    assert table.startswith("**Drawn with 5 samples per digit, not the 10 asked**")
+    assert "once per value of w" in table and "4 steps × 3 values of w" in table and "within 60 " in table
+    assert "10 per digit would need 120" in table
+    _, table = generate.guidance_sweep("3", 2, "0, 1, 2", "ddim", 4, 1)  # fits: drawn as asked, no note
+    assert [r.num_samples for r in sweeps[-1]] == [2, 2, 2] and "Drawn with" not in table
+    assert table.startswith("| w |")
+
+
+def test_sweep_refused_when_not_even_one_sample_fits_naming_what_to_reduce(classroom, sweeps):
+    generate = GenerateTab(classroom)
+    # all ten digits × 100 steps × 6 values of w = 6,000 > MAX_WORK even with one sample each
+    with pytest.raises(gr.Error, match="even with 1 sample per digit") as refused:
+        generate.guidance_sweep("all", 1, "0, 0.5, 1, 2, 4, 8", "ddim", 100, 0)
+    message = str(refused.value)
+    assert f"= 6,000 network evaluations (at most {MAX_WORK:,})" in message
+    assert "fewer steps (at most 83 with 6 values of w)" in message
+    assert "fewer values of w (at most 5 with 100 steps)" in message and "one digit instead of all ten" in message
+    assert sweeps == []  # refused before any sampling
+
+
+def test_sweep_plan_under_the_values_of_w_follows_the_controls(page):
+    demo, generate, _, _ = page
+    box = component(demo, "sweep-values")
+    assert "1 sample per digit" in box.info  # the page's defaults: all ten digits, 1 sample each
+    for label in ("Digit", "Samples per digit", "Steps"):
+        control = next(b for b in demo.blocks.values() if getattr(b, "label", None) == label)
+        assert any(f.fn == generate.sweep_plan for f in events_of(demo, control, "change")), label
+    assert any(f.fn == generate.sweep_plan for f in events_of(demo, box, "change"))
+    assert "8 samples per digit (not 100" in generate.sweep_plan("3", 100, 100, "0, 0.5, 1, 2, 4, 8").info
+    assert "too much work" in generate.sweep_plan("all", 1, 100, "0, 0.5, 1, 2, 4, 8").info
+    assert "separated by commas" in generate.sweep_plan("3", 1, 10, "a, b").info
 
 
 # --- CLIP unavailable: one short line, the details folded away --------------------------------------------------

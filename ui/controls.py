@@ -69,6 +69,15 @@ def fit_samples_slider(digit, samples, steps):
     return gr.Slider(maximum=high, value=value, info=samples_info(digit, steps))
 
 
+def sweep_samples_cap(digit, steps, values_of_w: int, max_work: int = MAX_WORK) -> int:
+    """The most samples per digit a guidance sweep of `values_of_w` values may draw with these steps: a sweep
+    draws every sample once per w, so samples × steps × values_of_w ≤ max_work (and MAX_SAMPLES in all).
+    0 when not even one sample per digit fits."""
+    digits = 10 if digit == ALL_DIGITS else 1
+    steps = int(steps) if is_number(steps) and steps >= 1 else 1
+    return min(MAX_SAMPLES // digits, max_work // (digits * steps * max(1, int(values_of_w))))
+
+
 def samples_info(digit, steps) -> str:
     shown = int(steps) if is_number(steps) and steps >= 1 else None
     why = f"; with {shown} steps, at most {samples_cap(digit, steps)} per digit" if shown else ""

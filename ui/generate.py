@@ -10,15 +10,16 @@ import numpy as np
 from diffusion.data import grid_image
 from diffusion.digit_images import pixel_diversity
 from diffusion.recognisability import RECOGNISABLE_PROBABILITY
-from diffusion.requests import DEFAULT_GUIDE, GUIDES
+from diffusion.requests import DEFAULT_GUIDE, GUIDES, is_number
 from diffusion.scoring import DEFAULT_QUALITY_PROMPTS
 
 from .classroom import Classroom, yield_to_the_network
-from .controls import RANDOM_SEED_JS, fit_samples_slider, samples_cap, samples_info, sampling_controls
+from .controls import (RANDOM_SEED_JS, fit_samples_slider, samples_cap, samples_info, sampling_controls,
+                       sweep_samples_cap)
 from .rendering import agreement_panel, enlarge, sample_cards, scores_table, sweep_figure
-from .settings import (ALL_DIGITS, DEFAULT_SWEEP, GRID_SCALE, MAX_PROMPTS, MAX_SAMPLES, MAX_SWEEP_VALUES, MAX_WORK,
-                       SAMPLING_CONCURRENCY, UI_ONLY)
-from .validation import guidance_values, one_of, quality_prompts
+from .settings import (ALL_DIGITS, DEFAULT_SWEEP, GRID_SCALE, MAX_GUIDANCE, MAX_PROMPTS, MAX_SAMPLES, MAX_SWEEP_VALUES,
+                       MAX_WORK, MIN_GUIDANCE, SAMPLING_CONCURRENCY, UI_ONLY)
+from .validation import guidance_values, invalid, one_of, quality_prompts
 
 
 def clip_status_text(status: str) -> str:
@@ -43,6 +44,55 @@ SWEEP_PROMPT = ("*Press **Run guidance sweep** to see the same seed drawn at eac
                 "each row's fidelity and diversity.*")
 SWEEP_FAILED = "*The last sweep failed (see the message): its old results were cleared.*"
 COMPACT_JS = "(on) => { document.querySelector('#sample-cards')?.classList.toggle('compact', !!on); }"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def sweep_refusal(digits: int, steps: int, values_of_w: int) -> str:
+    """Why a sweep is refused although it would draw only 1 sample per digit, and what to reduce."""
+    work = digits * steps * values_of_w
+    per_digit = " per digit × 10 digits" if digits > 1 else ""
+    fixes = []
+    if MAX_WORK // (digits * values_of_w) >= 1:
+        fixes.append(f"fewer steps (at most {MAX_WORK // (digits * values_of_w)} with {plural(values_of_w, 'value')} "
+                     f"of w)")
+    if values_of_w > 1 and MAX_WORK // (digits * steps) >= 1:
+        fixes.append(f"fewer values of w (at most {MAX_WORK // (digits * steps)} with {steps} steps)")
+    if digits > 1:
+        fixes.append("one digit instead of all ten")
+    return (f"too much work for one request, even with 1 sample per digit: a guidance sweep draws every sample "
+            f"once per value of w, and 1 sample{per_digit} × {steps} steps × {plural(values_of_w, 'value')} of w = "
+            f"{work:,} network evaluations (at most {MAX_WORK:,}). Reduce it: " + ", or ".join(fixes) + ".")
+
+
+def fewer_samples_note(asked: int, drawn: int, steps: int, values_of_w: int, digits: int) -> str:
+    """Markdown above the sweep's table when it drew fewer samples per digit than asked ('' when not)."""
+    if drawn >= asked:
+        return ""
+    each = " (× 10 digits)" if digits > 1 else ""
+    return (f"**Drawn with {plural(drawn, 'sample')} per digit, not the {asked} asked**: a sweep draws every sample "
+            f"once per value of w, and samples{each} × {steps} steps × {plural(values_of_w, 'value')} of w must stay "
+            f"within {MAX_WORK:,} network evaluations ({asked} per digit would need "
+            f"{asked * digits * steps * values_of_w:,}). Fewer steps or values of w leave room for more samples.\n\n")
+
+
+def sweep_plan_text(digit, samples_per_digit, steps, guidance_values_text) -> str:
+    """The line under the sweep's values of w: how many samples per digit it will draw with these settings."""
+    try:
+        values = len(guidance_values(guidance_values_text))
+    except gr.Error:
+        return f"values of w from {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}, separated by commas"
+    fit = sweep_samples_cap(digit, steps, values, MAX_WORK)
+    if fit < 1:
+        return ("too much work even with 1 sample per digit: use fewer steps or values of w"
+                + (", or one digit" if digit == ALL_DIGITS else ""))
+    asked = int(samples_per_digit) if is_number(samples_per_digit) and samples_per_digit >= 1 else 1
+    drawn = min(fit, asked)
+    why = (f" (not {asked}: samples × steps × values of w ≤ {MAX_WORK:,})" if drawn < asked
+           else f" (samples × steps × values of w ≤ {MAX_WORK:,})")
+    return f"each sample is drawn once per w: {plural(drawn, 'sample')} per digit{why}"
 
 
 def summary_line(digits, classifier, images, samples_per_digit: int) -> str:
@@ -88,10 +138,20 @@ class GenerateTab:
 
     def guidance_sweep(self, digit, samples_per_digit, guidance_values_text, sampler, steps, seed,
                        request: gr.Request = None):
-        """The same seed at several w, side by side (a figure), and a table of fidelity and diversity."""
+        """The same seed at several w, side by side (a figure), and a table of fidelity and diversity.
+
+        A sweep draws every sample once per w (samples × steps × values of w ≤ MAX_WORK), so it draws as many of
+        the asked samples per digit as fit, at least 1 (else it is refused, saying what to reduce); the table
+        says when it drew fewer than asked, and why."""
         ws = guidance_values(guidance_values_text)
-        checked = self.classroom.sampling_request(digit, samples_per_digit, max(ws), sampler, steps, seed,
-                                                  sweep_size=len(ws))
+        asked = self.classroom.sampling_request(digit, samples_per_digit, max(ws), sampler, steps, seed,
+                                                max_work=None)  # every value checked; the work is bounded below
+        steps, digits = asked.num_inference_steps, asked.num_samples // asked.samples_per_digit
+        fit = sweep_samples_cap(digit, steps, len(ws), MAX_WORK)
+        if fit < 1:
+            raise invalid(sweep_refusal(digits, steps, len(ws)))
+        checked = self.classroom.sampling_request(digit, min(fit, asked.samples_per_digit), max(ws), sampler, steps,
+                                                  seed, sweep_size=len(ws), max_work=MAX_WORK)
         yield_to_the_network()
         with self.classroom.sampling_slots.slot(request):
             results = self.classroom.server.run([checked.with_guidance(w) for w in ws])
@@ -103,11 +163,18 @@ class GenerateTab:
             captions.append(f"classifier {confidence.mean():.0%}")
             rows.append(f"| {w:g} | {confidence.mean():.1%} | {(confidence >= RECOGNISABLE_PROBABILITY).mean():.0%} | "
                         + (f"{spread:.3f} |" if spread is not None else "– |"))
-        table = ("| w | classifier's mean p(asked digit) | recognisable | diversity |\n|---|---|---|---|\n"
+        table = (fewer_samples_note(asked.samples_per_digit, checked.samples_per_digit, steps, len(ws), digits)
+                 + "| w | classifier's mean p(asked digit) | recognisable | diversity |\n|---|---|---|---|\n"
                  + "\n".join(rows) + "\n\n*Fidelity*: the classifier's confidence in the asked digit. *Diversity*: "
                  "how much samples of the same digit differ (mean per-pixel standard deviation, 0 = identical; "
                  "needs 2 or more samples per digit). Larger w usually buys fidelity with diversity.")
         return sweep_figure(ws, grids, captions), table
+
+    @staticmethod
+    def sweep_plan(digit, samples_per_digit, steps, guidance_values_text):
+        """The sweep's values-of-w box, its line under it saying how many samples per digit the sweep will draw
+        with these settings (UI only: the sliders cap samples × steps, a sweep multiplies that by the values of w)."""
+        return gr.Textbox(info=sweep_plan_text(digit, samples_per_digit, steps, guidance_values_text))
 
     def clip_status(self):
         """Whether CLIP is ready, loading or unavailable (and why). Starts loading it if nobody has."""
@@ -150,7 +217,9 @@ class GenerateTab:
                     prompts = gr.Textbox("\n".join(DEFAULT_QUALITY_PROMPTS), lines=3, show_label=False,
                                          max_lines=MAX_PROMPTS)
                 with gr.Accordion("Guidance sweep: the same seed at several w", open=True):
-                    sweep_values = gr.Textbox(DEFAULT_SWEEP, label=f"Values of w (up to {MAX_SWEEP_VALUES})")
+                    sweep_values = gr.Textbox(DEFAULT_SWEEP, label=f"Values of w (up to {MAX_SWEEP_VALUES})",
+                                              info=sweep_plan_text(ALL_DIGITS, samples.value, c.steps.value,
+                                                                   DEFAULT_SWEEP), elem_id="sweep-values")
                     sweep_button = gr.Button("Run guidance sweep")
             with gr.Column(scale=2):
                 clip_status = gr.Markdown(clip_status_text(self.classroom.clip.status()), elem_id="clip-status")
@@ -173,6 +242,9 @@ class GenerateTab:
         for control in (c.digit, c.steps):  # more steps, fewer samples: samples × steps ≤ MAX_WORK
             control.change(self.fit_samples_slider, [c.digit, samples, c.steps], samples, trigger_mode="always_last",
                            **UI_ONLY)
+        for control in (c.digit, samples, c.steps, sweep_values):  # what the sweep will draw, before it runs
+            control.change(self.sweep_plan, [c.digit, samples, c.steps, sweep_values], sweep_values,
+                           trigger_mode="always_last", show_progress="hidden", **UI_ONLY)
         compact.change(None, compact, None, js=COMPACT_JS, api_visibility="private")
         inputs = [c.digit, samples, c.guidance, c.sampler, c.steps, c.seed, prompts, guide]
         outputs = [cards, grid, table, agreement_text, disagreements]

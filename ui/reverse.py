@@ -27,11 +27,30 @@ from .controls import RANDOM_SEED_JS, sampling_controls
 from .rendering import PLAYER_CSS, enlarge, filmstrip, player_html, write_gif
 from .settings import (ALL_DIGITS, ANIMATION_CONCURRENCY, DEFAULT_REVERSE_DIGIT, FILMSTRIP_PERCENTS, FRAME_INTERVAL_S,
                        FRAME_SCALE, FRAMES_PER_SECOND, INSTANT, MAX_STREAMED_FRAMES, PLAYER_MAX_FPS, PLAYER_MIN_FPS,
-                       PLAYER_SECONDS, PLOT_POINTS, SAMPLING_CONCURRENCY)
+                       PLAYER_SECONDS, PLOT_POINTS, SAMPLING_CONCURRENCY, UI_ONLY)
+from .training import BLUE, ORANGE, swatch
 from .validation import checked_whole_number, invalid
 
 PLAYER_JS = (Path(__file__).parent / "player.js").read_text()  # runs in the browser (see player.js)
 SHOW_IN_PLAYER_JS = "(frame) => window.reversePlayer?.show(frame)"  # the slider moves the player too
+
+# The confidence plot's lines, and their colours: the page draws their legend (page-sized text; Vega's own legend,
+# under the plot, is cut off by the plot's box)
+X_T_CURVE, X0_CURVE = "x_t (noise-aware classifier)", "x̂₀ (clean-image classifier)"
+RECOGNISABLE_CURVE = f"recognisable (p = {RECOGNISABLE_PROBABILITY:g})"
+CURVE_COLOURS = {X_T_CURVE: BLUE, X0_CURVE: ORANGE, RECOGNISABLE_CURVE: "#ef4444"}
+PLOT_LEGEND = "**The plot below:** " + " · ".join(swatch(colour, curve) for curve, colour in CURVE_COLOURS.items())
+
+# What the counter says before the first run (and after a failed one), and the filmstrip's table after a failed one
+COUNTER_PROMPT = ("### Press **Run the reverse process** to watch noise become a digit\n"
+                  "Frame by frame, x_t (what the sampler holds) appears beside x̂₀ (the model's guess of the clean "
+                  "digit), with the time step t counting down from T to 0 and how sure two classifiers are that it is "
+                  "the asked digit. Then a player replays every frame, a plot shows when the digit becomes "
+                  "recognisable, and the GIF is yours to download.")
+COUNTER_FAILED = ("### The last run failed (see the message)\n"
+                  "Its old frames, plot, player and GIF were cleared so they are not mistaken for this request's.")
+ALL_TEN_FAILED = ("*The last filmstrip request failed (see the message): its old filmstrip and table were cleared so "
+                  "they are not mistaken for this request's.*")
 
 
 @dataclass
@@ -126,11 +145,11 @@ def confidence_table(run: ReverseRun) -> pd.DataFrame:
     (gr.LinePlot, in the browser: thirty students' plots cost the server nothing)."""
     scored = [i for i in range(len(run)) if run.confidence_x_t[i] is not None]
     curves = [pd.DataFrame({"step": scored, "p": [run.confidence_x_t[i] for i in scored],
-                            "curve": "x_t (noise-aware classifier)"}),
+                            "curve": X_T_CURVE}),
               pd.DataFrame({"step": scored[1:], "p": [run.confidence_x0[i] for i in scored[1:]],
-                            "curve": "x̂₀ (clean-image classifier)"}),
+                            "curve": X0_CURVE}),
               pd.DataFrame({"step": [0, len(run) - 1], "p": [RECOGNISABLE_PROBABILITY] * 2,
-                            "curve": f"recognisable (p = {RECOGNISABLE_PROBABILITY:g})"})]
+                            "curve": RECOGNISABLE_CURVE})]
     return pd.concat(curves, ignore_index=True)
 
 
@@ -266,6 +285,20 @@ class ReverseTab:
         headers = [(f"{percent_of_process(i, S):.0f}%", f"t = {kept[i].t if i else T}") for i in picks]
         return filmstrip(x_t, x0, headers, [str(d) for d in checked.digits]), recognisability_table(found)
 
+    @staticmethod
+    def cleared_after_failure():
+        """What the outputs show after a failed /reverse_process: no stale results (UI only). The live images'
+        row comes back and the player's column hides, as before a first run; the frame slider has nothing to
+        scrub; the session forgets its last run."""
+        scrubber = gr.Slider(minimum=0, maximum=1, value=0, interactive=False)
+        return (None, None, COUNTER_FAILED, None, None, scrubber, "", gr.Row(visible=True),
+                gr.Column(visible="hidden"), None)
+
+    @staticmethod
+    def all_ten_cleared_after_failure():
+        """What the filmstrip and its table show after a failed /all_ten (UI only)."""
+        return None, ALL_TEN_FAILED
+
     def layout(self) -> None:
         """Build the tab inside the current gr.Tab."""
         gr.Markdown("Watch the model turn pure noise x_T into a digit. Left: x_t, what the sampler holds at step t. "
@@ -277,7 +310,7 @@ class ReverseTab:
                 run_button = gr.Button("Run the reverse process", variant="primary")
                 all_ten_button = gr.Button("All ten digits at once (filmstrip)")
             with gr.Column(scale=2):
-                counter = gr.Markdown("### t = – / –", elem_id="step-counter")
+                counter = gr.Markdown(COUNTER_PROMPT, elem_id="step-counter")
                 with gr.Row() as live:
                     x_t = gr.Image(label="x_t (noisy image)", format="png", height=240, interactive=False,
                                    elem_classes="pixels", elem_id="x-t")
@@ -287,7 +320,9 @@ class ReverseTab:
                     player = gr.HTML("", js_on_load=PLAYER_JS, css_template=PLAYER_CSS, elem_id="player")
                 scrubber = gr.Slider(0, 1, value=0, step=1, label="Frame (scrub after a run)", interactive=False,
                                      elem_id="scrubber")
-                plot = gr.LinePlot(x="step", y="p", color="curve", y_lim=[0, 1.05], height=300,
+                gr.Markdown(PLOT_LEGEND, elem_id="confidence-legend")
+                plot = gr.LinePlot(x="step", y="p", color="curve", y_lim=[0, 1.05], height=340,
+                                   color_map=CURVE_COLOURS, colors_in_legend=[],
                                    title="When does the digit become recognisable?",
                                    x_title="step (t counts down from T to 0)", y_title="p(the asked digit)",
                                    label="Classifier confidence across steps", elem_id="confidence-plot")
@@ -303,11 +338,15 @@ class ReverseTab:
         outputs = [x_t, x0, counter, plot, gif, scrubber, player, live, playback, run_state]
         animation = {"concurrency_id": "animation", "concurrency_limit": ANIMATION_CONCURRENCY, "preprocess": False,
                      "show_progress": "minimal"}
-        run_button.click(self.reverse_process, inputs, outputs, api_name="reverse_process", **animation)
+        # a failed request clears its outputs: an error must not leave another run's frames on show
+        run_button.click(self.reverse_process, inputs, outputs, api_name="reverse_process", **animation).failure(
+            self.cleared_after_failure, None, outputs, **UI_ONLY)
         c.dice.click(None, js=RANDOM_SEED_JS, outputs=c.seed, api_visibility="private").then(
-            self.reverse_process, inputs, outputs, api_visibility="private", **animation)
+            self.reverse_process, inputs, outputs, api_visibility="private", **animation).failure(
+            self.cleared_after_failure, None, outputs, **UI_ONLY)
         scrubber.input(None, scrubber, None, js=SHOW_IN_PLAYER_JS, api_visibility="private")
         scrubber.input(self.show_frame, [scrubber, run_state], [x_t, x0, counter], api_name="show_frame",
                        trigger_mode="always_last", show_progress="hidden", **INSTANT)
         all_ten_button.click(self.all_ten, inputs[1:], [strip, strip_table], api_name="all_ten",
-                             concurrency_id="sampling", concurrency_limit=SAMPLING_CONCURRENCY, preprocess=False)
+                             concurrency_id="sampling", concurrency_limit=SAMPLING_CONCURRENCY, preprocess=False
+                             ).failure(self.all_ten_cleared_after_failure, None, [strip, strip_table], **UI_ONLY)

@@ -132,6 +132,10 @@ CSS += f"""
 #sample-cards.compact .sample-card img {{ width: 100%; height: auto; }}
 #sample-cards.compact .sample-card[data-miss] {{ border-color: #c2410c; }}
 .clip-details summary {{ cursor: pointer; opacity: .8; }}
+/* A native plot's block is `height` tall, its label included, but Vega is given the whole height under the label
+   (and the x axis was cut off): it gets what the label leaves */
+#confidence-plot {{ display: flex; flex-direction: column; }}
+#confidence-plot > .vega-embed {{ flex: 1 1 0; min-height: 0; height: auto; }}
 /* Empty image panels say what fills them */
 #x-t:not(:has(img))::after, #x0-hat:not(:has(img))::after, #forward-x-t:not(:has(img))::after,
 #all-ten:not(:has(img))::after {{
