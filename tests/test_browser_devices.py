@@ -128,7 +128,18 @@ def test_presenter_mode_plots_text_at_least_14_pt(browser, app_url):
         page.wait_for_function("() => document.querySelectorAll('#confidence-plot .vega-embed svg text').length > 0")
         sizes = assert_plot_text_large(page, "#confidence-plot")
         texts = [text for text, _, _ in sizes]
-        assert "When does the digit become recognisable?" in texts and "p(the asked digit)" in texts, texts
+        assert "When does the digit become recognisable?" in texts, texts
+        assert "p(the asked digit)" in page.locator("#confidence-plot").inner_text()  # the block's label
+        assert "12" in texts and "12.0" not in texts, texts  # steps are whole numbers
+        # no two texts run into each other ("11.012.0", the y title over its ticks)
+        boxes = page.eval_on_selector_all("#confidence-plot .vega-embed svg text", """texts => texts
+            .filter(t => t.textContent.trim() && t.getBoundingClientRect().width > 0)
+            .map(t => { const r = t.getBoundingClientRect(); return [t.textContent, r.left, r.top, r.right, r.bottom]; })""")
+        for i, (a, *ra) in enumerate(boxes):
+            for b, *rb in boxes[i + 1:]:
+                overlap_x = min(ra[2], rb[2]) - max(ra[0], rb[0])
+                overlap_y = min(ra[3], rb[3]) - max(ra[1], rb[1])
+                assert overlap_x <= 1 or overlap_y <= 1, (a, b, ra, rb)
         # the lines' legend is the page's (Vega's own, under the plot, was cut off by the plot's box): page-sized
         assert "curve" not in texts and not any(text.startswith("x_t") for text in texts), texts
         legend = page.locator("#confidence-legend")

@@ -324,8 +324,12 @@ class ReverseTab:
                 plot = gr.LinePlot(x="step", y="p", color="curve", y_lim=[0, 1.05], height=340,
                                    color_map=CURVE_COLOURS, colors_in_legend=[],
                                    title="When does the digit become recognisable?",
-                                   x_title="step (t counts down from T to 0)", y_title="p(the asked digit)",
-                                   label="Classifier confidence across steps", elem_id="confidence-plot")
+                                   # axis titles in the label: at presenter size Vega's titles ran into the ticks
+                                   # (" ": gradio would fall back to the column names)
+                                   x_title=" ", y_title=" ", x_axis_format="d",
+                                   label="Classifier confidence p(the asked digit) (up) at each step (across; t "
+                                         "counts down from T to 0)",
+                                   elem_id="confidence-plot")
                 gif = gr.File(label="Download the animation (GIF)", elem_id="gif")
         gr.Markdown(f"### All ten digits at once\nOne request, one batch: each row a digit, x_t beside x̂₀ at the "
                     f"steps nearest {', '.join(f'{p}%' for p in FILMSTRIP_PERCENTS)} of the process (the settings "
