@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import gradio as gr
 
@@ -49,6 +50,15 @@ class Scores:
     clip_note: str = ""
 
 
+class ClassifierJob(NamedTuple):
+    """One request waiting for the ClassifierThread: x [B,1,28,28], t [B] ints (None for a clean-image
+    classifier), and where its probabilities [B,10] go."""
+    classifier: torch.nn.Module
+    x: torch.Tensor
+    t: torch.Tensor | None
+    result: Future
+
+
 class ClassifierThread:
     """The classifiers' one thread, shared by every tab (one torch thread: the other core is the network
     server's; one set of torch's per-thread buffers, not one per handler thread). What waits while it is busy
@@ -63,9 +73,9 @@ class ClassifierThread:
     def probabilities(self, classifier, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """classifier.predict_proba(x) (or (x, t) for a noise-aware classifier, t: [B] ints) on this thread,
         batched with the other requests waiting for the same classifier: [B,10]."""
-        future: Future = Future()
-        self._jobs.put((classifier, x, None if t is None else torch.as_tensor(t).long().expand(len(x)), future))
-        return future.result()
+        job = ClassifierJob(classifier, x, None if t is None else torch.as_tensor(t).long().expand(len(x)), Future())
+        self._jobs.put(job)
+        return job.result.result()
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -78,16 +88,16 @@ class ClassifierThread:
                 while (more := self._jobs.get_nowait()) is not None:
                     waiting.append(more)
                 self._jobs.put(None)  # close() came while these waited: stop once they are done
-            for classifier in {id(j[0]): j[0] for j in waiting}.values():
-                self._run([j for j in waiting if j[0] is classifier])
+            for classifier in {id(j.classifier): j.classifier for j in waiting}.values():
+                self._run([j for j in waiting if j.classifier is classifier])
 
     @staticmethod
-    def _run(jobs: list) -> None:
+    def _run(jobs: list[ClassifierJob]) -> None:
         """One forward pass for these jobs (same classifier); a failing batch is retried job by job, so one bad
         request fails alone."""
         try:
-            x = torch.cat([j[1] for j in jobs])
-            t = None if jobs[0][2] is None else torch.cat([j[2] for j in jobs])
+            x = torch.cat([j.x for j in jobs])
+            t = None if jobs[0].t is None else torch.cat([j.t for j in jobs])
             # in chunks of one size, the last padded: torch keeps kernels and buffers for every batch shape it
             # meets, and batches of any size held 35 MB more after a class's runs (benchmarks/bench_class)
             rows, chunk = len(x), CLASSIFIER_CHUNK_ROWS
@@ -96,14 +106,14 @@ class ClassifierThread:
             elif padding := -rows % chunk:
                 x = torch.cat([x, x.new_zeros(padding, *x.shape[1:])])
                 t = None if t is None else torch.cat([t, t.new_zeros(padding)])
-            classifier = jobs[0][0]
+            classifier = jobs[0].classifier
             probs = (classifier.predict_proba(x, batch_size=chunk) if t is None else
                      classifier.predict_proba(x, t, batch_size=chunk))[:rows]
-            for j, p in zip(jobs, probs.split([len(j[1]) for j in jobs])):
-                j[3].set_result(p)
+            for j, p in zip(jobs, probs.split([len(j.x) for j in jobs])):
+                j.result.set_result(p)
         except Exception as error:
             if len(jobs) == 1:
-                jobs[0][3].set_exception(error)
+                jobs[0].result.set_exception(error)
             else:
                 for j in jobs:
                     ClassifierThread._run([j])

@@ -199,16 +199,6 @@ def write_gif(x_t: Sequence[np.ndarray], x0: Sequence[np.ndarray], folder: Path,
     return path
 
 
-def frame_sheet(frames: Sequence[np.ndarray], columns: int) -> np.ndarray:
-    """uint8 [rows·28, columns·28]: frame i (uint8 [28,28]) at row i // columns, column i % columns, no gaps;
-    the unused cells black. One PNG for a run's frames: one encoding, not one per frame (a class's 500-step runs
-    all end at once, and encoding a thousand small PNGs each held the others up)."""
-    rows = -(-len(frames) // columns)
-    cells = np.zeros((rows * columns, 28, 28), np.uint8)
-    cells[:len(frames)] = np.stack(frames)
-    return cells.reshape(rows, columns, 28, 28).transpose(0, 2, 1, 3).reshape(rows * 28, columns * 28)
-
-
 def sheet_position(i: int, rows: int, columns: int) -> str:
     """CSS background-position of frame i's cell in a sheet of rows × columns cells (percentages: the tile can
     be any size; p% puts the image's p% point on the tile's p% point)."""
@@ -220,18 +210,21 @@ def player_html(x_t: Sequence[np.ndarray], x0: Sequence[np.ndarray], captions: S
                 folder: Path) -> str:
     """The reverse-process player: every frame (x_t beside x̂₀, uint8 [28,28] each, shown PLAYER_IMAGE_PX wide)
     with its caption, all but the last hidden, and the play controls; `fps` is the speed it starts at.
-    The frames travel as two sheets (frame_sheet), PNG files in `folder` (which the app serves, see
+    The frames travel as two sheets, PNG files in `folder` (which the app serves, see
     ui.launch) named in CSS variables on the player; each frame's two tiles show their cell of them. Files, not
     data in the page: gradio keeps every session's last outputs, and a 500-step run's sheets are ~0.6 MB.
     ui/player.js plays it in the browser (each player is new to the page, data-run, so the same run asked
     again plays again); without JavaScript it shows the last frame."""
+    # each a sheet of 28-px cells, frame i at row i // columns, column i % columns: one PNG for a run's frames,
+    # one encoding and not one per frame (a class's 500-step runs all end at once, and encoding a thousand small
+    # PNGs each held the others up)
     columns = min(len(x_t), PLAYER_SHEET_COLUMNS)
     rows = -(-len(x_t) // columns)
     run = uuid.uuid4().hex[:8]
     sheets = {}
     for name, frames in (("x-t", x_t), ("x0", x0)):
         path = folder / f"player-{run}-{name}.png"
-        Image.fromarray(frame_sheet(frames, columns)).save(path, compress_level=1)
+        Image.fromarray(grid_image(np.stack(frames), nrow=columns, pad=0)).save(path, compress_level=1)
         sheets[name] = f"gradio_api/file={path}"  # relative to the page, so the app may live under a path
     keep_newest(folder, "player-*.png", keep=2 * PLAYER_RUNS_KEPT)
 
