@@ -16,17 +16,11 @@ import time
 
 from gradio_client import Client
 
-from devtools.bench import Report
+from devtools.bench import Report, seconds
 from devtools.servers import free_port, start_app, stop
 
 BAR_S = 2.0
 NEW_SEEDS = range(1, 9)
-
-
-def timed(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
 
 
 def main() -> int:
@@ -38,7 +32,7 @@ def main() -> int:
         time.sleep(5)  # the app warms its networks up in the background after it answers; let it finish
 
         def compare(**values) -> float:
-            return timed(lambda: client.predict(api_name="/compare_architectures", **values))
+            return seconds(lambda: client.predict(api_name="/compare_architectures", **values))
 
         first = compare()
         new_seeds = [compare(seed=seed) for seed in NEW_SEEDS]

@@ -12,22 +12,15 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 
 from gradio_client import Client
 
-from devtools.bench import Report
+from devtools.bench import Report, seconds
 from devtools.servers import free_port, start_app, stop
 from diffusion.training_history import list_snapshots
 
 SNAPSHOT_BAR_S = 1.0
 NOISE_PREDICTION_BAR_S = 0.25
-
-
-def timed(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
 
 
 def main() -> int:
@@ -39,10 +32,10 @@ def main() -> int:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
 
         def show(index: int, seed: int) -> float:
-            return timed(lambda: client.predict(snapshot=index, seed=seed, api_name="/training_snapshots"))
+            return seconds(lambda: client.predict(snapshot=index, seed=seed, api_name="/training_snapshots"))
 
         def explain(t: int, snapshot: str) -> float:
-            return timed(lambda: client.predict(digit_index=5, t=t, seed=0, snapshot=snapshot,
+            return seconds(lambda: client.predict(digit_index=5, t=t, seed=0, snapshot=snapshot,
                                                 api_name="/noise_prediction"))
 
         first = [show(i, 1) for i in range(len(snapshots))]

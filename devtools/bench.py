@@ -16,6 +16,13 @@ RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 PARTIAL = Path(__file__).resolve().parent.parent / "test-artifacts"  # runs of only some parts land here
 
 
+def seconds(call) -> float:
+    """Wall-clock seconds that call() takes."""
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0..100) by linear interpolation between order statistics."""
     ordered = sorted(values)

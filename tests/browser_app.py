@@ -91,6 +91,13 @@ def wait_text(page, selector: str, text: str) -> None:
                            " return e !== null && e.innerText.includes(text); }", arg=[selector, text])
 
 
+def image_box(page, selector: str) -> list:
+    """[width, height] on screen, image-rendering, and the natural [width, height] of the <img> under `selector`."""
+    return page.eval_on_selector(f"{selector} img", "img => [img.getBoundingClientRect().width,"
+                                 " img.getBoundingClientRect().height, getComputedStyle(img).imageRendering,"
+                                 " img.naturalWidth, img.naturalHeight]")
+
+
 def image_source(page, selector: str) -> str:
     return page.eval_on_selector(f"{selector} img", "img => img.src")
 

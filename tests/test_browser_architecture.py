@@ -5,7 +5,7 @@ Screenshots go to test-artifacts/architecture.png, architecture-diagram.png and 
 
 import pytest
 
-from browser_app import app_page, shot, wait_plotted, wait_rendered, wait_text
+from browser_app import app_page, image_box, shot, wait_plotted, wait_rendered, wait_text
 
 from ui.settings import DIAGRAM_FONT_PT
 
@@ -17,13 +17,6 @@ def page(browser, app_url):
     """A fresh page on the app's Architecture tab (see browser_app.app_page)."""
     with app_page(browser, app_url, tab="Architecture") as page:
         yield page
-
-
-def image_box(page, selector: str) -> list:
-    """[width, height] on screen, image-rendering, and the natural [width, height] of the <img> under `selector`."""
-    return page.eval_on_selector(f"{selector} img", "img => [img.getBoundingClientRect().width,"
-                                 " img.getBoundingClientRect().height, getComputedStyle(img).imageRendering,"
-                                 " img.naturalWidth, img.naturalHeight]")
 
 
 def test_the_variants_side_by_side_and_a_new_seed(page):

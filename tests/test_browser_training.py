@@ -5,7 +5,8 @@ Screenshots go to test-artifacts/training-tab.png and training-noise.png."""
 
 import pytest
 
-from browser_app import app_page, image_source, shot, wait_plotted, wait_rendered, wait_text
+from browser_app import (app_page, image_box, image_source, shot, wait_new_image, wait_plotted, wait_rendered,
+                         wait_text)
 
 
 pytestmark = pytest.mark.browser
@@ -19,8 +20,7 @@ def page(browser, app_url):
 
 
 def assert_large_and_pixelated(page, selector: str) -> None:
-    size = page.eval_on_selector(f"{selector} img", "img => [img.getBoundingClientRect().width,"
-                                 " img.getBoundingClientRect().height, getComputedStyle(img).imageRendering]")
+    size = image_box(page, selector)
     assert min(size[:2]) >= 240 and size[2] == "pixelated", (selector, size)
 
 
@@ -32,8 +32,7 @@ def test_loss_curves_and_the_snapshot_slider(page):
     first = image_source(page, "#snapshot-grid")
     page.locator("#snapshot-slider input[type=range]").fill("6")
     wait_text(page, "#snapshot-caption", "Snapshot 6: step 2345, epoch 5.00")
-    page.wait_for_function("old => document.querySelector('#snapshot-grid img').src !== old", arg=first)
-    wait_rendered(page, "#snapshot-grid")
+    wait_new_image(page, "#snapshot-grid", first)
     assert_large_and_pixelated(page, "#snapshot-grid")
     caption = page.locator("#snapshot-caption").inner_text()
     assert "held-out digits: 0.0379" in caption
@@ -51,7 +50,7 @@ def test_noise_prediction_follows_t(page):
     before = image_source(page, "#noise-x-t")
     page.locator("#noise-t input[type=range]").fill("300")
     wait_text(page, "#noise-loss", "t = 300)")
-    page.wait_for_function("old => document.querySelector('#noise-x-t img').src !== old", arg=before)
+    wait_new_image(page, "#noise-x-t", before)
     for selector in images:
         wait_rendered(page, selector)
         assert_large_and_pixelated(page, selector)
