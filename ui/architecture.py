@@ -27,13 +27,12 @@ from diffusion.training_history import loss_history
 from diffusion.train import read_loss_logs
 
 from .classroom import Classroom, ResultCache
-from .rendering import enlarge, font, new_figure
+from .rendering import enlarge, font, new_figure, swatch
 from .settings import (ARCHITECTURE_CONCURRENCY, ARCHITECTURE_DIGIT_PRESETS, ARCHITECTURE_DIGITS,
                        ARCHITECTURE_FONT_PX, ARCHITECTURE_FRAME_PERCENTS, ARCHITECTURE_LOSS_FROM_STEP,
                        ARCHITECTURE_MAX_DIGITS,
                        ARCHITECTURE_MAX_WORK, ARCHITECTURE_RESULTS_KEPT, ARCHITECTURE_TILE_SCALE, ARCHITECTURE_WORKERS,
                        DEFAULT_REVERSE_DIGIT, DIAGRAM_FONT_PT, MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE)
-from .training import swatch
 from .validation import invalid, user_errors
 
 TITLES = {"reference": "reference (every part)", "no_skip_connections": "no skip connections",

@@ -32,6 +32,14 @@ SCHEDULE_FIGURE_INCHES = (11, 4.2)  # ᾱ(t) and log-SNR side by side
 PLOT_FONT_PT = 14                   # every text of the figures drawn here: legible from the back of a room
 
 
+BLUE, ORANGE, GREEN, RED = "#3b82f6", "#f97316", "#22c55e", "#ef4444"  # the native plots' line colours
+
+
+def swatch(colour: str, text: str) -> str:
+    """'━━ text' in a plot line's colour, for a legend the page draws itself (page-sized text)."""
+    return f'<b style="color: {colour}">━━ {text}</b>'
+
+
 def enlarge(images: np.ndarray, scale: int) -> np.ndarray:
     """uint8 [..., H, W] -> uint8 [..., H·scale, W·scale]: each pixel becomes a crisp scale×scale block."""
     return np.asarray(images).repeat(scale, axis=-2).repeat(scale, axis=-1)

@@ -24,11 +24,10 @@ from diffusion.recognisability import (RECOGNISABLE_PROBABILITY, Recognisability
 
 from .classroom import Classroom, yield_to_the_network
 from .controls import RANDOM_SEED_JS, sampling_controls
-from .rendering import PLAYER_CSS, enlarge, filmstrip, player_html, write_gif
+from .rendering import BLUE, ORANGE, PLAYER_CSS, RED, enlarge, filmstrip, player_html, swatch, write_gif
 from .settings import (ALL_DIGITS, ANIMATION_CONCURRENCY, DEFAULT_REVERSE_DIGIT, FILMSTRIP_PERCENTS, FRAME_INTERVAL_S,
                        FRAME_SCALE, FRAMES_PER_SECOND, INSTANT, MAX_STREAMED_FRAMES, PLAYER_MAX_FPS, PLAYER_MIN_FPS,
                        PLAYER_SECONDS, PLOT_POINTS, SAMPLING_CONCURRENCY, UI_ONLY)
-from .training import BLUE, ORANGE, swatch
 from .validation import checked_whole_number, invalid
 
 PLAYER_JS = (Path(__file__).parent / "player.js").read_text()  # runs in the browser (see player.js)
@@ -38,7 +37,7 @@ SHOW_IN_PLAYER_JS = "(frame) => window.reversePlayer?.show(frame)"  # the slider
 # under the plot, is cut off by the plot's box)
 X_T_CURVE, X0_CURVE = "x_t (noise-aware classifier)", "x̂₀ (clean-image classifier)"
 RECOGNISABLE_CURVE = f"recognisable (p = {RECOGNISABLE_PROBABILITY:g})"
-CURVE_COLOURS = {X_T_CURVE: BLUE, X0_CURVE: ORANGE, RECOGNISABLE_CURVE: "#ef4444"}
+CURVE_COLOURS = {X_T_CURVE: BLUE, X0_CURVE: ORANGE, RECOGNISABLE_CURVE: RED}
 PLOT_LEGEND = "**The plot below:** " + " · ".join(swatch(colour, curve) for curve, colour in CURVE_COLOURS.items())
 
 # What the counter says before the first run (and after a failed one), and the filmstrip's table after a failed one

@@ -15,7 +15,7 @@ from diffusion.training_history import (NOISE_RANGE, SNAPSHOT_DIR, image_to_uint
                                         loss_by_t, loss_history, noise_prediction, noise_to_uint8, read_evaluation)
 
 from .classroom import Classroom, ResultCache
-from .rendering import enlarge
+from .rendering import BLUE, GREEN, ORANGE, enlarge, swatch
 from .settings import (DEFAULT_NOISE_T, LOSS_BY_T_POINTS, MAX_SEED, NOISE_IMAGE_SCALE, SNAPSHOT_CACHE,
                        SNAPSHOT_GRID_CACHE, SNAPSHOT_GRID_SCALE, TRAINING_CONCURRENCY)
 from .validation import checked_whole_number, invalid
@@ -23,14 +23,8 @@ from .validation import checked_whole_number, invalid
 FINAL = "final"  # the app's own network, in /noise_prediction's snapshot parameter
 NOISE_LABEL = f"(black −{NOISE_RANGE:g} … white +{NOISE_RANGE:g})"
 # Plot colours, named in the page's own text (a plot's legend would be too small to read on a projector)
-BLUE, ORANGE, GREEN = "#3b82f6", "#f97316", "#22c55e"
 TRAINING, HELD_OUT = "training loss", "held-out loss"               # the loss curves' series
 CHOSEN, APP, CHOSEN_T = "chosen network", "the app's network", "your t"  # the loss-against-t plot's series
-
-
-def swatch(colour: str, text: str) -> str:
-    """'━━ text' in the plot line's colour, for the page's own legend (page-sized text)."""
-    return f'<b style="color: {colour}">━━ {text}</b>'
 
 
 class TrainingTab:
