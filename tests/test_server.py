@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_T
 from diffusion.requests import check_sampling_request
 from diffusion.sampling import SAMPLERS
-from diffusion.server import STARVE_TICKS, NetworkServer, RunCancelled, choose_runs
+from diffusion.server import MAX_TICK_ROWS, STARVE_TICKS, NetworkServer, RunCancelled, choose_runs, padded_size
 
 
 def request(digits, **settings):
@@ -195,3 +195,10 @@ def test_choose_runs_serves_the_least_remaining_work_and_never_starves_a_run():
     starved = R(10, 5000, 100 - STARVE_TICKS, 5)  # not served for STARVE_TICKS ticks: joins, past the budget
     assert choose_runs([big, small, starved, newer, mid], tick=100, max_rows=8) == [small, newer, mid, starved]
     assert choose_runs([big], tick=100, max_rows=8) == [big]  # a run larger than a tick still runs
+
+
+def test_ticks_are_padded_to_few_batch_sizes_and_never_by_more_than_a_third():
+    assert [padded_size(n) for n in (1, 3, 10, 11, 120, 121, 128, 129, 300)] == [1, 4, 10, 12, 120, 128, 128, 256, 384]
+    for rows in range(9, MAX_TICK_ROWS + 1):
+        assert rows <= padded_size(rows) < 4 / 3 * rows
+    assert padded_size(120) == 120  # twelve 10-digit grids, a class's usual tick, are not padded
