@@ -8,7 +8,8 @@ late ones wait for the early ones. `NetworkServer` owns one worker thread that, 
     1. picks runs that are waiting for the network (see `choose_runs`: the runs closest to finishing
        first, but none left out for more than STARVE_TICKS ticks), up to MAX_TICK_ROWS samples;
     2. evaluates all their ε in ONE batched forward pass (the network takes a t, a label and a w per
-       sample, so runs at different t, with different samplers and digits, share it);
+       sample, so runs at different t, with different samplers and digits, share it); on a CPU the batch
+       is cut into one part per core, evaluated side by side (see "lanes" below);
     3. lets each run's own sampler take its `step` (sampling.py) and tells whoever is listening.
 
 Runs join and leave between ticks, so nobody waits for anybody else to finish; a 500-step ddpm run
@@ -33,7 +34,7 @@ import itertools
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -47,14 +48,15 @@ from .editing import prepare_run
 from .sampling import Sampler, SamplerStep, classifier_guided_eps, guided_eps, is_guided_step
 from .schedules import NoiseSchedule
 
-# Measured on the 2-core test machine (bf16, 2 threads): per sample, a batch of 10 costs 0.93 ms, 30 cost
-# 0.81 ms, 64 cost 0.67 ms, 128 cost 0.58 ms, 500 cost 0.88 ms. A tick of up to 128 samples (about 75 ms)
-# is the cheapest per sample while still short for a request waiting for its next step.
+# A tick of up to 128 samples (about 75 ms on the 2-core machine) is the cheapest per sample while still short
+# for a request waiting for its next step. Measured (bf16, 2 lanes, the network server alone): 30 grids took
+# 2.49 / 2.40 / 2.64 s with ticks of up to 64 / 128 / 256 samples; 30 ddpm-500 animations 10.9 / 11.4 / 11.3 s.
 MAX_TICK_ROWS = 128
-# How many of torch's threads a tick uses. Outside the main thread they wake slowly for the many small ops of
-# a small batch (measured in a worker thread: a batch of 10 costs 16 ms with 2 threads, 11 ms with 1; from 30
-# rows on 2 threads win: 64 rows, 48 ms against 67 ms; frozen: 10 rows 10 ms against 15, 24 rows 20 against 26).
-MIN_ROWS_FOR_ALL_THREADS = 24
+# On a CPU a tick's batch is cut into one part per core ("lanes"), each run by a thread of its own on ONE of
+# torch's threads, side by side, instead of the whole batch on all of torch's threads: the network's ~100 small
+# ops each split across cores spend much of their time waiting for each other. Measured on the 2-core machine
+# (bf16, the network server alone): 30 grids 2.83 → 2.08 s, 30 ddpm-500 animations 16.9 → 10.6 s, one
+# 10-digit grid 0.162 → 0.109 s (medians).
 STARVE_TICKS = 32           # a run not served for this many ticks joins the next tick, whatever its size
 RESULT_CACHE_SIZE = 64      # finished results kept for identical requests (≤ 100 × 784 bytes each)
 # The frozen network keeps compiled kernels for every batch size it sees (measured: 5.6 MB each, so 128 sizes
@@ -210,13 +212,16 @@ class NetworkServer:
     """The worker thread and its runs (see the module docstring). Thread-safe; `close()` stops it."""
 
     def __init__(self, model: torch.nn.Module, schedule: NoiseSchedule, max_tick_rows: int = MAX_TICK_ROWS,
-                 warm_up: bool = False, judge: torch.nn.Module | None = None):
+                 warm_up: bool = False, judge: torch.nn.Module | None = None, lanes: int | None = None):
         # One TorchScript graph per forward, so the threads streaming frames cannot stall it (see FrozenUNet)
         self.model = FrozenUNet(model) if isinstance(model, ClassConditionalUNet) else model
         self.schedule, self.max_tick_rows = schedule, max_tick_rows
         self.judge = judge  # the noise-aware classifier, for requests with classifier guidance
         self.device = next(model.parameters()).device
-        self.threads = torch.get_num_threads()  # what a large tick uses
+        # default: one lane per torch thread on a CPU (see "lanes" above); a GPU takes the whole batch at once
+        self.lanes = lanes or (torch.get_num_threads() if self.device.type == "cpu" else 1)
+        self._lane_pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="network-lane",
+                                             initializer=torch.set_num_threads, initargs=(1,)) if self.lanes > 1 else None
         self.tick_sizes: deque[int] = deque(maxlen=10_000)  # samples evaluated per tick (tests, benchmarks)
         self.finish_order: deque[tuple] = deque(maxlen=1000)  # keys of finished runs, in order
         self._lock = threading.Condition()
@@ -286,6 +291,8 @@ class NetworkServer:
             self._lock.notify()
         if threading.current_thread() is not self._worker:
             self._worker.join(timeout=30)
+        if self._lane_pool is not None:
+            self._lane_pool.shutdown(wait=False)
 
     # --- bookkeeping (with the lock held) -----------------------------------------------------------
     def _new_run(self, key: tuple, request: SamplingRequest, stream: bool, keep_history: bool = True) -> Run:
@@ -418,15 +425,21 @@ class NetworkServer:
 
     def _guided_eps(self, x, t, labels, w) -> torch.Tensor:
         """`guided_eps` of [B] rows, padded with rows of zeros to one of BATCH_SIZES (so the network only ever
-        sees a few batch sizes), on as many torch threads as that size runs fastest with."""
+        sees a few batch sizes), cut into one part per lane, the parts evaluated side by side."""
         rows = len(x)
         size = padded_size(rows)
         if size > rows:
             x = torch.cat([x, x.new_zeros((size - rows, *x.shape[1:]))])
             t, labels, w = (torch.cat([v, v.new_full((size - rows,), fill)]) for v, fill in ((t, 1), (labels, 0), (w, 0.0)))
-        if self.device.type == "cpu":
-            torch.set_num_threads(self.threads if size >= MIN_ROWS_FOR_ALL_THREADS else 1)
-        return guided_eps(self.model, x, t, labels, w)[:rows]
+        if self._lane_pool is None:
+            return guided_eps(self.model, x, t, labels, w)[:rows]
+        parts = zip(*(v.chunk(self.lanes) for v in (x, t, labels, w)))
+        return torch.cat(list(self._lane_pool.map(self._lane, parts)))[:rows]
+
+    @torch.inference_mode()
+    def _lane(self, part: tuple) -> torch.Tensor:
+        """One lane's share of a tick (in a lane thread, on one torch thread): its rows' guided ε."""
+        return guided_eps(self.model, *part)
 
     def _warm_up(self, rows: int) -> None:
         t = torch.ones(rows, dtype=torch.long, device=self.device)

@@ -22,7 +22,7 @@ def request(digits, **settings):
 
 @pytest.fixture
 def server(tiny_random_pipe):
-    server = NetworkServer(tiny_random_pipe.model, tiny_random_pipe.schedule)
+    server = NetworkServer(tiny_random_pipe.model, tiny_random_pipe.schedule, lanes=2)  # as on a 2-core Space
     yield server
     server.close()
 
@@ -36,16 +36,19 @@ def assert_same_images(a: np.ndarray, b: np.ndarray) -> None:
 class Gate(torch.nn.Module):
     """The network, held at each call until the test opens the gate; counts its calls and batch sizes."""
 
-    def __init__(self, net, open_=True):
+    def __init__(self, net, open_=True, together: int = 1):
         super().__init__()
-        self.net, self.calls = net, []
+        self.net, self.calls, self.threads = net, [], set()
         self.gate = threading.Event()
         if open_:
             self.gate.set()
+        self.together = threading.Barrier(together, timeout=30)  # calls wait until this many are running
 
     def forward(self, x, *args):
         self.gate.wait(timeout=30)
+        self.together.wait()
         self.calls.append(len(x))
+        self.threads.add(threading.current_thread().name)
         return self.net(x, *args)
 
     def __getattr__(self, name):
@@ -109,9 +112,12 @@ def test_identical_requests_are_computed_once_and_late_listeners_get_every_step(
         assert [s.index for s in late_steps] == list(range(6))
         rest = list(first_steps)
         assert rest[-1].x is late_steps[-1].x  # the very same tensors: one run
-        assert gate.calls == [4] * 5  # 5 steps of 2 samples (doubled for guidance: no guidance head), once
+        # 5 steps of 2 samples, once: 5 ticks, 20 rows through the network (doubled for guidance: no guidance
+        # head), in as many calls as the server has lanes
+        assert list(server.tick_sizes) == [2] * 5 and sum(gate.calls) == 4 * 5
+        calls = len(gate.calls)
         again = server.submit(same).result()  # finished: from the cache, no network call
-        assert len(gate.calls) == 5 and again.shape == (2, 28, 28)
+        assert len(gate.calls) == calls and again.shape == (2, 28, 28)
         assert [s.index for s in server.submit(same, stream=True).steps()] == list(range(6))
     finally:
         server.close()
@@ -202,3 +208,21 @@ def test_ticks_are_padded_to_few_batch_sizes_and_never_by_more_than_a_third():
     for rows in range(9, MAX_TICK_ROWS + 1):
         assert rows <= padded_size(rows) < 4 / 3 * rows
     assert padded_size(120) == 120  # twelve 10-digit grids, a class's usual tick, are not padded
+
+
+def test_a_tick_is_cut_into_lanes_evaluated_side_by_side_with_the_same_images(tiny_random_pipe):
+    requests = [request([d, (d + 1) % 10], seed=d, steps=5) for d in range(5)]  # one tick of 10 rows, 5 times
+    images, gates = {}, {}
+    for lanes in (1, 3):
+        gates[lanes] = Gate(tiny_random_pipe.model, together=lanes)  # three lanes must run at the same time
+        server = NetworkServer(gates[lanes], tiny_random_pipe.schedule, lanes=lanes)
+        try:
+            images[lanes] = server.run(requests)
+            assert list(server.tick_sizes) == [10] * 5
+        finally:
+            server.close()
+    # each lane's rows go through the network doubled (no guidance head): 10 rows as 4 + 4 + 2
+    assert gates[1].calls == [20] * 5 and sorted(gates[3].calls) == sorted([8, 8, 4] * 5)
+    assert len(gates[3].threads) == 3 and all(name.startswith("network-lane") for name in gates[3].threads)
+    for one_lane, three_lanes in zip(images[1], images[3]):
+        assert_same_images(one_lane, three_lanes)
