@@ -1,6 +1,7 @@
 """The Gradio app, through gradio_client against the launched server: every endpoint with its
 defaults, results checked against the engine, bad input on every endpoint, and CLIP both
 unavailable (the usual case offline) and available (a tiny random open_clip model from a file)."""
+import inspect
 import re
 import threading
 import time
@@ -461,3 +462,22 @@ def test_clip_scores_appear_beside_the_samples_when_clip_is_available(clip_clien
     same = sum(a == b for a, b in zip(table_column(table, "CLIP digit"), table_column(table, "classifier digit")))
     assert f"matches the classifier's on {same} of 10 samples" in agreement
     assert disagreements.count('class="sample-card"') == 10 - same
+
+
+def test_new_sessions_get_the_same_config_with_remembered_signatures(classroom):
+    """ui.launch makes gradio remember each component's signature (a new session builds a config of every
+    component); the configs must not change."""
+    import gradio.blocks
+    from gradio.state_holder import SessionState
+
+    demo, _ = launch_classroom(classroom)
+    try:
+        assert isinstance(gradio.blocks.inspect, ui._CachedSignatures)
+        remembered = SessionState(demo).config_values
+        gradio.blocks.inspect = inspect
+        try:
+            assert SessionState(demo).config_values == remembered and len(remembered) > 100
+        finally:
+            gradio.blocks.inspect = ui._CachedSignatures()
+    finally:
+        demo.close()
