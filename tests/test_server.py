@@ -226,3 +226,24 @@ def test_a_tick_is_cut_into_lanes_evaluated_side_by_side_with_the_same_images(ti
     assert len(gates[3].threads) == 3 and all(name.startswith("network-lane") for name in gates[3].threads)
     for one_lane, three_lanes in zip(images[1], images[3]):
         assert_same_images(one_lane, three_lanes)
+
+
+def test_the_heap_is_trimmed_once_after_a_burst_when_the_network_has_been_idle_a_while(tiny_random_pipe, monkeypatch):
+    import diffusion.server
+
+    trims = []
+    monkeypatch.setattr(diffusion.server, "release_free_memory", lambda: trims.append(time.monotonic()))
+    monkeypatch.setattr(diffusion.server, "TRIM_AFTER_IDLE_S", 0.3)
+    server = NetworkServer(tiny_random_pipe.model, tiny_random_pipe.schedule)
+    try:
+        server.run([request([1]), request([2], seed=3)])
+        finished = time.monotonic()
+        assert trims == []  # not as the last run ends: its frames are still being drawn and sent
+        deadline = finished + 10
+        while not trims and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(trims) == 1 and trims[0] - finished >= 0.25
+        time.sleep(0.5)
+        assert len(trims) == 1  # once per burst, not every 0.3 s
+    finally:
+        server.close()
