@@ -30,8 +30,11 @@ import httpx
 from devtools.bench import Report, percentile
 from devtools.servers import free_port, start_app, stop
 from diffusion.requests import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
+from diffusion.server import TRIM_AFTER_IDLE_S
 
 SEEDS = itertools.count(20_000)
+SETTLE_S = TRIM_AFTER_IDLE_S + 1.0  # before each memory measurement: the network server trims its heap once
+                                    # it has been idle TRIM_AFTER_IDLE_S
 SCENARIOS = ("alone", "animations", "grids", "ddpm", "mixed", "fairness")  # every request a seed never used before: no cached results
 
 
@@ -46,7 +49,10 @@ class Student:
 
     def __init__(self, url: str, address: str):
         self.url = url
-        self.http = httpx.Client(timeout=600, headers={"x-forwarded-for": address})
+        # idle connections are dropped after 1 s: uvicorn closes them after 5 s, httpx's default is also 5 s,
+        # and a POST sent on a connection just as the server closes it fails ("Server disconnected")
+        self.http = httpx.Client(timeout=600, headers={"x-forwarded-for": address},
+                                 limits=httpx.Limits(keepalive_expiry=1.0))
 
     def call(self, api_name: str, values: dict | None = None, **more) -> dict:
         """Run an endpoint; returns {'first': s to the first streamed output, 'done': s to the end, 'ok': bool}."""
@@ -195,6 +201,7 @@ def main() -> int:
         students[0].call("generate", seed=next(SEEDS))  # warm-up, not measured: it also starts loading CLIP,
         students[0].call("reverse_process", seed=next(SEEDS))  # which the class arrives after (as in bench_app)
         wait_for_clip(students[0])
+        time.sleep(SETTLE_S)  # as before the last measurement: the warm-up's freed memory goes back first
         rss_start = report.figure("rss_start_mb", rss_mb(process.pid))
 
         run = set(args.scenarios)
@@ -238,7 +245,7 @@ def main() -> int:
         if "fairness" in run:
             fairness(url, report, users=10, abusers=4, seconds=3.0)
         if run == set(SCENARIOS):
-            time.sleep(3)  # the last responses are written; let the allocator settle
+            time.sleep(SETTLE_S)  # the last responses are written; the server gives freed memory back
             rss_end = report.figure("rss_end_mb", rss_mb(process.pid))
             report.bar("rss_growth_mb", rss_end - rss_start, 100.0, "MB",
                        "the app's RSS after all this, over its start")

@@ -48,10 +48,11 @@ from .editing import prepare_run
 from .sampling import Sampler, SamplerStep, classifier_guided_eps, guided_eps, is_guided_step
 from .schedules import NoiseSchedule
 
-# A tick of up to 128 samples (about 75 ms on the 2-core machine) is the cheapest per sample while still short
-# for a request waiting for its next step. Measured (bf16, 2 lanes, the network server alone): 30 grids took
-# 2.49 / 2.40 / 2.64 s with ticks of up to 64 / 128 / 256 samples; 30 ddpm-500 animations 10.9 / 11.4 / 11.3 s.
-MAX_TICK_ROWS = 128
+# A tick of up to 80 samples (two lanes of 40, about 45 ms on the 2-core machine) is the cheapest per sample.
+# Measured (bf16, 2 lanes, the network server alone, medians of 4): 30 grids took 2.29 / 2.03-2.14 / 2.48 /
+# 2.23-2.37 / 2.64 s with ticks of up to 64 / 80 / 96 / 128 / 256 samples (a lane's activations fitting the
+# cache matter more than the batch's size); 30 ddpm-500 animations (ticks of 30) do not depend on it.
+MAX_TICK_ROWS = 80
 # On a CPU a tick's batch is cut into one part per core ("lanes"), each run by a thread of its own on ONE of
 # torch's threads, side by side, instead of the whole batch on all of torch's threads: the network's ~100 small
 # ops each split across cores spend much of their time waiting for each other. Measured on the 2-core machine
@@ -61,9 +62,8 @@ STARVE_TICKS = 32           # a run not served for this many ticks joins the nex
 RESULT_CACHE_SIZE = 64      # finished results kept for identical requests (≤ 100 × 784 bytes each)
 # The frozen network keeps compiled kernels for every batch size it sees (measured: 5.6 MB each, so 128 sizes
 # would hold 720 MB), so a tick is padded to the next of these sizes (at most a third more rows above 8:
-# a 10-digit grid is not padded; ticks of more rows than the last are padded to a multiple of it). 120 is
-# twelve 10-digit grids, a class's usual tick: padded to 128, thirty grids took 5% longer (2.78 s against 2.64 s).
-BATCH_SIZES = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 112, 120, 128)
+# a 10-digit grid is not padded; ticks of more rows than the last are padded to a multiple of it).
+BATCH_SIZES = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 112, 128)
 HISTORY_CACHE_SIZE = 4      # finished animations kept, with every step, for identical animation requests
 # The heap is trimmed once the network has been idle this long after a burst: by then the runs' frames have
 # been drawn and their pages sent, and what those freed goes back too (trimming as the last run finished left

@@ -204,10 +204,10 @@ def test_choose_runs_serves_the_least_remaining_work_and_never_starves_a_run():
 
 
 def test_ticks_are_padded_to_few_batch_sizes_and_never_by_more_than_a_third():
-    assert [padded_size(n) for n in (1, 3, 10, 11, 120, 121, 128, 129, 300)] == [1, 4, 10, 12, 120, 128, 128, 256, 384]
-    for rows in range(9, MAX_TICK_ROWS + 1):
+    assert [padded_size(n) for n in (1, 3, 10, 11, 80, 81, 128, 129, 300)] == [1, 4, 10, 12, 80, 96, 128, 256, 384]
+    for rows in range(9, 129):
         assert rows <= padded_size(rows) < 4 / 3 * rows
-    assert padded_size(120) == 120  # twelve 10-digit grids, a class's usual tick, are not padded
+    assert padded_size(MAX_TICK_ROWS) == MAX_TICK_ROWS  # a full tick is not padded
 
 
 def test_a_tick_is_cut_into_lanes_evaluated_side_by_side_with_the_same_images(tiny_random_pipe):
