@@ -48,16 +48,15 @@ from .editing import prepare_run
 from .sampling import Sampler, SamplerStep, classifier_guided_eps, guided_eps, is_guided_step
 from .schedules import NoiseSchedule
 
-# A tick of up to 80 samples (two lanes of 40, about 45 ms on the 2-core machine) is the cheapest per sample.
-# Measured (bf16, 2 lanes, the network server alone, medians of 4): 30 grids took 2.29 / 2.03-2.14 / 2.48 /
-# 2.23-2.37 / 2.64 s with ticks of up to 64 / 80 / 96 / 128 / 256 samples (a lane's activations fitting the
-# cache matter more than the batch's size); 30 ddpm-500 animations (ticks of 30) do not depend on it.
-MAX_TICK_ROWS = 80
 # On a CPU a tick's batch is cut into one part per core ("lanes"), each run by a thread of its own on ONE of
 # torch's threads, side by side, instead of the whole batch on all of torch's threads: the network's ~100 small
 # ops each split across cores spend much of their time waiting for each other. Measured on the 2-core machine
 # (bf16, the network server alone): 30 grids 2.83 → 2.08 s, 30 ddpm-500 animations 16.9 → 10.6 s, one
 # 10-digit grid 0.162 → 0.109 s (medians).
+# A tick of up to 80 samples (two lanes of 40, about 45 ms on the 2-core machine) was the fastest: 30 grids took
+# 2.29 / 2.03-2.14 / 2.48 / 2.23-2.37 / 2.64 s with ticks of up to 64 / 80 / 96 / 128 / 256 samples (bf16, 2 lanes,
+# the network server alone, medians of 4); 30 ddpm-500 animations (ticks of 30) do not depend on it.
+MAX_TICK_ROWS = 80
 STARVE_TICKS = 32           # a run not served for this many ticks joins the next tick, whatever its size
 RESULT_CACHE_SIZE = 64      # finished results kept for identical requests (≤ 100 × 784 bytes each)
 # The frozen network keeps compiled kernels for every batch size it sees (measured: 5.6 MB each, so 128 sizes
