@@ -9,7 +9,7 @@ late ones wait for the early ones. `NetworkServer` owns one worker thread that, 
        first, but none left out for more than STARVE_TICKS ticks), up to MAX_TICK_ROWS samples;
     2. evaluates all their ε in ONE batched forward pass (the network takes a t, a label and a w per
        sample, so runs at different t, with different samplers and digits, share it); on a CPU the batch
-       is cut into one part per core, evaluated side by side (see "lanes" below);
+       is cut into one part per core, evaluated side by side (`batched_network.BatchedNetwork`);
     3. lets each run's own sampler take its `step` (sampling.py) and tells whoever is listening.
 
 Runs join and leave between ticks, so nobody waits for anybody else to finish; a 500-step ddpm run
@@ -34,7 +34,7 @@ import itertools
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -42,27 +42,19 @@ import numpy as np
 import torch
 
 from .data import to_uint8
-from .model import ClassConditionalUNet, FrozenUNet
+from .batched_network import BatchedNetwork
 from .requests import SamplingRequest
 from .editing import prepare_run
-from .sampling import Sampler, SamplerStep, classifier_guided_eps, guided_eps, is_guided_step
+from .sampling import Sampler, SamplerStep, classifier_guided_eps, is_guided_step
 from .schedules import NoiseSchedule
 
-# On a CPU a tick's batch is cut into one part per core ("lanes"), each run by a thread of its own on ONE of
-# torch's threads, side by side, instead of the whole batch on all of torch's threads: the network's ~100 small
-# ops each split across cores spend much of their time waiting for each other. Measured on the 2-core machine
-# (bf16, the network server alone): 30 grids 2.83 → 2.08 s, 30 ddpm-500 animations 16.9 → 10.6 s, one
-# 10-digit grid 0.162 → 0.109 s (medians).
-# A tick of up to 80 samples (two lanes of 40, about 45 ms on the 2-core machine) was the fastest: 30 grids took
-# 2.29 / 2.03-2.14 / 2.48 / 2.23-2.37 / 2.64 s with ticks of up to 64 / 80 / 96 / 128 / 256 samples (bf16, 2 lanes,
-# the network server alone, medians of 4); 30 ddpm-500 animations (ticks of 30) do not depend on it.
+# A tick of up to 80 samples (two lanes of 40, see batched_network.py; about 45 ms on the 2-core machine) was
+# the fastest: 30 grids took 2.29 / 2.03-2.14 / 2.48 / 2.23-2.37 / 2.64 s with ticks of up to 64 / 80 / 96 / 128 /
+# 256 samples (bf16, 2 lanes, the network server alone, medians of 4); 30 ddpm-500 animations (ticks of 30) do not
+# depend on it.
 MAX_TICK_ROWS = 80
 STARVE_TICKS = 32           # a run not served for this many ticks joins the next tick, whatever its size
 RESULT_CACHE_SIZE = 64      # finished results kept for identical requests (≤ 100 × 784 bytes each)
-# The frozen network keeps compiled kernels for every batch size it sees (measured: 5.6 MB each, so 128 sizes
-# would hold 720 MB), so a tick is padded to the next of these sizes (at most a third more rows above 8:
-# a 10-digit grid is not padded; ticks of more rows than the last are padded to a multiple of it).
-BATCH_SIZES = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 112, 128)
 HISTORY_CACHE_SIZE = 4      # finished animations kept, with every step, for identical animation requests
 # The heap is trimmed once the network has been idle this long after a burst: by then the runs' frames have
 # been drawn and their pages sent, and what those freed goes back too (trimming as the last run finished left
@@ -216,15 +208,10 @@ class NetworkServer:
 
     def __init__(self, model: torch.nn.Module, schedule: NoiseSchedule, max_tick_rows: int = MAX_TICK_ROWS,
                  warm_up: bool = False, judge: torch.nn.Module | None = None, lanes: int | None = None):
-        # One TorchScript graph per forward, so the threads streaming frames cannot stall it (see FrozenUNet)
-        self.model = FrozenUNet(model) if isinstance(model, ClassConditionalUNet) else model
+        self.network = BatchedNetwork(model, lanes)  # lanes: default one per core on a CPU
         self.schedule, self.max_tick_rows = schedule, max_tick_rows
         self.judge = judge  # the noise-aware classifier, for requests with classifier guidance
-        self.device = next(model.parameters()).device
-        # default: one lane per torch thread on a CPU (see "lanes" above); a GPU takes the whole batch at once
-        self.lanes = lanes or (torch.get_num_threads() if self.device.type == "cpu" else 1)
-        self._lane_pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="network-lane",
-                                             initializer=torch.set_num_threads, initargs=(1,)) if self.lanes > 1 else None
+        self.device = self.network.device
         self.tick_sizes: deque[int] = deque(maxlen=10_000)  # samples evaluated per tick (tests, benchmarks)
         self.finish_order: deque[tuple] = deque(maxlen=1000)  # keys of finished runs, in order
         self._lock = threading.Condition()
@@ -294,8 +281,7 @@ class NetworkServer:
             self._lock.notify()
         if threading.current_thread() is not self._worker:
             self._worker.join(timeout=30)
-        if self._lane_pool is not None:
-            self._lane_pool.shutdown(wait=False)
+        self.network.close()
 
     # --- bookkeeping (with the lock held) -----------------------------------------------------------
     def _new_run(self, key: tuple, request: SamplingRequest, stream: bool, keep_history: bool = True) -> Run:
@@ -346,10 +332,8 @@ class NetworkServer:
     # --- the worker -------------------------------------------------------------------------------------
     def _work(self) -> None:
         with torch.inference_mode():  # one thread, never handed over: inference mode for good
-            if self._warm:  # every padded batch size once, so no request pays for compiling its kernels
-                for size in BATCH_SIZES:
-                    if size <= self.max_tick_rows:
-                        self._warm_up(size)
+            if self._warm:
+                self.network.warm_up(self.max_tick_rows)
             while True:
                 with self._lock:
                     while not self._active and not self._closed:
@@ -413,8 +397,8 @@ class NetworkServer:
             ts.append(torch.full((run.rows,), t, dtype=torch.long, device=self.device))
             guided = is_guided_step(t, T, run.guidance_interval)
             ws.append(torch.full((run.rows,), run.guidance if guided else 0.0, device=self.device))
-        eps = self._guided_eps(torch.cat([r.x for r in runs]), torch.cat(ts), torch.cat([r.labels for r in runs]),
-                               torch.cat(ws))
+        eps = self.network.guided_eps(torch.cat([r.x for r in runs]), torch.cat(ts),
+                                      torch.cat([r.labels for r in runs]), torch.cat(ws))
         eps = list(eps.split([r.rows for r in runs]))
         steered = [i for i, run in enumerate(runs) if run.classifier_scale]
         if steered:  # classifier guidance: the judge's gradient for all those runs' rows in one pass
@@ -426,29 +410,6 @@ class NetworkServer:
             for i, part in zip(steered, new.split([runs[i].rows for i in steered])):
                 eps[i] = part
         return eps
-
-    def _guided_eps(self, x, t, labels, w) -> torch.Tensor:
-        """`guided_eps` of [B] rows, padded with rows of zeros to one of BATCH_SIZES (so the network only ever
-        sees a few batch sizes), cut into one part per lane, the parts evaluated side by side."""
-        rows = len(x)
-        size = padded_size(rows)
-        if size > rows:
-            x = torch.cat([x, x.new_zeros((size - rows, *x.shape[1:]))])
-            t, labels, w = (torch.cat([v, v.new_full((size - rows,), fill)]) for v, fill in ((t, 1), (labels, 0), (w, 0.0)))
-        if self._lane_pool is None:
-            return guided_eps(self.model, x, t, labels, w)[:rows]
-        parts = zip(*(v.chunk(self.lanes) for v in (x, t, labels, w)))
-        return torch.cat(list(self._lane_pool.map(self._lane, parts)))[:rows]
-
-    @torch.inference_mode()
-    def _lane(self, part: tuple) -> torch.Tensor:
-        """One lane's share of a tick (in a lane thread, on one torch thread): its rows' guided ε."""
-        return guided_eps(self.model, *part)
-
-    def _warm_up(self, rows: int) -> None:
-        t = torch.ones(rows, dtype=torch.long, device=self.device)
-        self._guided_eps(torch.zeros((rows, 1, 28, 28), device=self.device), t, t * 0,
-                         torch.ones(rows, device=self.device))
 
     def _finish(self, run: Run) -> None:
         """(lock held) The run's final images to its result, its listeners and the caches."""
@@ -485,14 +446,6 @@ def compact(history: list[SamplerStep]) -> list[SamplerStep]:
     x0s = torch.stack([step.x0 if step.x0 is not None else torch.zeros_like(step.x) for step in history])
     return [SamplerStep(index=step.index, total=step.total, t=step.t, x=xs[i], x0=x0s[i] if step.x0 is not None else None)
             for i, step in enumerate(history)]
-
-
-def padded_size(rows: int) -> int:
-    """The batch size a tick of `rows` samples is padded to (see BATCH_SIZES)."""
-    for size in BATCH_SIZES:
-        if rows <= size:
-            return size
-    return -(-rows // BATCH_SIZES[-1]) * BATCH_SIZES[-1]
 
 
 def release_free_memory() -> None:

@@ -11,7 +11,8 @@ import torch
 from conftest import TINY_T
 from diffusion.requests import check_sampling_request
 from diffusion.sampling import SAMPLERS
-from diffusion.server import MAX_TICK_ROWS, STARVE_TICKS, NetworkServer, RunCancelled, choose_runs, padded_size
+from diffusion.batched_network import padded_size
+from diffusion.server import MAX_TICK_ROWS, STARVE_TICKS, NetworkServer, RunCancelled, choose_runs
 
 
 def request(digits, **settings):
