@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from devtools.bench import Report, percentile
+from devtools.bench import Report, percentile, seconds
 from devtools.servers import free_port, start_app, stop
 from diffusion.requests import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffusion.server import TRIM_AFTER_IDLE_S
@@ -146,15 +146,13 @@ def compute_floor(users: int, digits: list[int] | None, **settings) -> float:
 
     def run_all() -> float:
         requests = [pipe.check_request(digits or [u % 10], seed=next(SEEDS), **settings) for u in range(users)]
-        start = time.perf_counter()
-        server.run(requests)
-        return time.perf_counter() - start
+        return seconds(lambda: server.run(requests))
 
     if len(digits or []) > 1:
         run_all()  # a short burst: once first, so its batch sizes' kernels are ready (as in the warmed-up app)
-    seconds = run_all()
+    floor_s = run_all()
     server.close()
-    return seconds
+    return floor_s
 
 
 def fairness(url: str, report: Report, users: int, abusers: int, seconds: float) -> None:
