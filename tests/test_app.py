@@ -240,6 +240,24 @@ def test_long_runs_stream_at_most_a_hundred_frames_and_keep_them_all(client):
     assert f"step 77 of {steps}" in counter
 
 
+def test_a_finished_run_keeps_its_frames_packed_in_two_arrays(classroom):
+    """The run store keeps each run's frames as two uint8 [frames,28,28] arrays of their own (not views into
+    the step batches they came in), with the same images."""
+    from ui.reverse import ReverseRun
+
+    run = ReverseRun(3, classroom.pipe.num_train_steps, 4)
+    steps = list(classroom.pipe.denoising_steps([3], guidance=0.0, num_inference_steps=4, seed=0))
+    run.add(steps[:2])
+    run.add(steps[2:])
+    before_x_t, before_x0 = [image.copy() for image in run.x_t], [image.copy() for image in run.x0]
+    run.pack()
+    for packed, before in ((run.x_t, before_x_t), (run.x0, before_x0)):
+        assert isinstance(packed, np.ndarray) and packed.dtype == np.uint8 and packed.shape == (len(run), 28, 28)
+        assert packed.flags.owndata and packed.flags.c_contiguous
+        np.testing.assert_array_equal(packed, np.stack(before))
+    assert len(run) == len(steps) and run.nbytes >= run.x_t.nbytes + run.x0.nbytes
+
+
 def test_show_frame_scrubs_this_sessions_last_run(url, classroom):
     client = Client(url, verbose=False)
     with pytest.raises(Exception, match="run the reverse process first"):
