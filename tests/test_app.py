@@ -483,19 +483,48 @@ def test_clip_scores_appear_beside_the_samples_when_clip_is_available(clip_clien
 
 
 def test_new_sessions_get_the_same_config_with_remembered_signatures(classroom):
-    """ui.launch makes gradio remember each component's signature (a new session builds a config of every
-    component); the configs must not change."""
+    """ui.launch makes gradio remember each component's signature (a session builds a config of every
+    component it is asked for); the configs must not change."""
     import gradio.blocks
     from gradio.state_holder import SessionState
 
     demo, _ = launch_classroom(classroom)
     try:
         assert isinstance(gradio.blocks.inspect, ui._CachedSignatures)
-        remembered = SessionState(demo).config_values
+        remembered = list(SessionState(demo).components)
         gradio.blocks.inspect = inspect
         try:
-            assert SessionState(demo).config_values == remembered and len(remembered) > 100
+            assert list(SessionState(demo).components) == remembered and len(remembered) > 100
         finally:
             gradio.blocks.inspect = ui._CachedSignatures()
+    finally:
+        demo.close()
+
+
+def test_sessions_build_component_configs_on_demand_and_end_up_as_gradios(classroom):
+    """A new session holds no component configs until it needs them (each API call is a session); the ones an
+    event changed, and `components` (gradio's deep links), are what gradio's own session state gives."""
+    import gradio.route_utils
+    import gradio.state_holder
+    from gradio_client import Client
+
+    eager = ui._SessionConfigsOnDemand.__mro__[1]
+    demo, url = launch_classroom(classroom)
+    try:
+        assert gradio.state_holder.SessionState is gradio.route_utils.SessionState is ui._SessionConfigsOnDemand
+        on_demand, gradios = ui._SessionConfigsOnDemand(demo), eager(demo)
+        assert on_demand.config_values == {} and len(gradios.config_values) > 100
+        key = next(k for k, c in gradios.config_values.items() if "value" in c.get("props", {}))
+        for state in (on_demand, gradios):
+            state._update_value_in_config(key, "a new value")
+        assert on_demand.config_values == {key: gradios.config_values[key]}
+        assert gradios.config_values[key]["props"]["value"] == "a new value"
+        assert list(on_demand.components) == list(gradios.components)
+        # a session made by a request (gradio's state holder) is the on-demand kind, and keeps only what changed
+        student = Client(url, verbose=False)
+        student.predict(api_name="/generate")
+        stored = demo.state_holder.session_data[student.session_hash]
+        assert isinstance(stored, ui._SessionConfigsOnDemand)
+        assert 0 < len(stored.config_values) < len(gradios.config_values) / 4
     finally:
         demo.close()

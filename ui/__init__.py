@@ -28,6 +28,8 @@ import types
 
 import gradio as gr
 import gradio.blocks
+import gradio.route_utils
+import gradio.state_holder
 from starlette.middleware import Middleware
 
 from . import how_it_works
@@ -110,6 +112,26 @@ def _remembered_signature(obj) -> inspect.Signature:
     return inspect.signature(obj)
 
 
+class _SessionConfigsOnDemand(gradio.state_holder.SessionState):
+    """gradio's per-session state, building a component's config the first time the session needs it.
+
+    gradio builds a config of every component for each new session (for deep links, which this app does not
+    offer), and every API call without a session is a new session: 0.44 MB and 6.6 ms of the event loop
+    each, for 257 components; 64 sessions kept 28 MB. Here a session holds the configs of the components an
+    event changed (gradio adds those itself) and builds the rest only if `components` is asked for."""
+
+    def __init__(self, blocks: gr.Blocks):
+        super().__init__(types.SimpleNamespace(default_config=blocks.default_config, blocks={}))  # no configs
+        self._blocks = blocks
+
+    @property
+    def components(self):
+        self.config_values = {key: self.config_values[key] if key in self.config_values
+                              else self.blocks_config.config_for_block(key, [], block)
+                              for key, block in self.blocks_config.blocks.items() if key in self._blocks.blocks}
+        return super().components
+
+
 def launch(demo: gr.Blocks, classroom: Classroom, host: str, port: int, **kwargs):
     """Queue with limits (sized for 2 vCPUs) and serve, with the classroom's work folder (GIFs, the players'
     sheets of frames: nothing a user sent) served as files. Returns what gr.Blocks.launch returns."""
@@ -117,6 +139,7 @@ def launch(demo: gr.Blocks, classroom: Classroom, host: str, port: int, **kwargs
     # RequestGuard closes the other doors and bounds every request body before gradio stores anything.
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2, api_open=False)
     gradio.blocks.inspect = _CachedSignatures()
+    gradio.state_holder.SessionState = gradio.route_utils.SessionState = _SessionConfigsOnDemand
     # run_history=False: gradio's run history re-reads and re-writes up to 100 past runs in the browser's
     # localStorage on every event, so each slider move got slower as a lesson went on (measured: 45 ms
     # round trips became 100 ms after ten reverse-process runs). The app has its own frame slider.
