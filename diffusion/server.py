@@ -55,7 +55,9 @@ from .schedules import NoiseSchedule
 MAX_TICK_ROWS = 80
 STARVE_TICKS = 32           # a run not served for this many ticks joins the next tick, whatever its size
 RESULT_CACHE_SIZE = 64      # finished results kept for identical requests (≤ 100 × 784 bytes each)
-HISTORY_CACHE_SIZE = 4      # finished animations kept, with every step, for identical animation requests
+# Finished animations kept, with every step, for identical animation requests that come after the run is over
+# (those that come while it runs join it). A ddpm-500 animation's steps take 3.1 MB, a 12-step one's 80 KB.
+HISTORY_CACHE_BYTES = 4 * 2**20
 # The heap is trimmed once the network has been idle this long after a burst: by then the runs' frames have
 # been drawn and their pages sent, and what those freed goes back too (trimming as the last run finished left
 # 80-105 MB of freed memory with the app: measured after 30 animations, then trimmed by hand).
@@ -111,6 +113,11 @@ class Run:
     steps_done: int = 0
     last_served: int = 0
     history: list[SamplerStep] = field(default_factory=list)
+    # A run that keeps its history writes every step's x and x̂₀ into these, [steps+1,N,1,28,28] each, and its
+    # history holds views of them: two blocks of memory, not a thousand small tensors left all through the
+    # worker's heap (30 ddpm-500 animations kept 94 MB of those while they ran, and pinned pages after)
+    step_x: torch.Tensor | None = None
+    step_x0: torch.Tensor | None = None
     listeners: list[Mailbox] = field(default_factory=list)
     result: Future = field(default_factory=Future)
     waiters: int = 0        # callers of .result() that have not been answered
@@ -292,8 +299,12 @@ class NetworkServer:
                   classifier_scale=request.classifier_scale, sampler=sampler,
                   x=x_T, generator=generator, arrival=next(self._arrivals), stream=stream,
                   keep_history=keep_history, last_served=self._tick)
+        if stream and keep_history:
+            run.step_x, run.step_x0 = (x_T.new_empty((run.total + 1, *x_T.shape)) for _ in range(2))
+            run.step_x[0] = x_T
         if stream:  # step 0: x_T itself, so a listener's first frame is the starting noise
-            run.history.append(SamplerStep(index=0, total=run.total, t=sampler.timesteps[0], x=x_T, x0=None))
+            run.history.append(SamplerStep(index=0, total=run.total, t=sampler.timesteps[0],
+                                           x=x_T if run.step_x is None else run.step_x[0], x0=None))
         return run
 
     def _from_cache(self, key: tuple, stream: bool) -> RunHandle | None:
@@ -378,7 +389,11 @@ class NetworkServer:
                     self._fail([run], error)
                 continue
             run.x, run.steps_done, run.last_served = out.x, run.steps_done + 1, self._tick
-            stepped.append((run, SamplerStep(index=run.steps_done, total=run.total, t=out.t, x=out.x, x0=out.x0)))
+            x, x0 = out.x, out.x0
+            if run.step_x is not None:
+                x = run.step_x[run.steps_done].copy_(out.x)
+                x0 = None if out.x0 is None else run.step_x0[run.steps_done].copy_(out.x0)
+            stepped.append((run, SamplerStep(index=run.steps_done, total=run.total, t=out.t, x=x, x0=x0)))
         with self._lock:  # listeners hear of the tick once it is over
             for run, step in stepped:
                 if run.stream and run.keep_history:
@@ -418,9 +433,10 @@ class NetworkServer:
         self._finished[run.key] = images
         while len(self._finished) > RESULT_CACHE_SIZE:
             self._finished.popitem(last=False)
-        if run.stream and run.keep_history:  # the cache keeps the steps, compactly; the run lets go of them
-            self._histories[run.key], run.history = compact(run.history), []
-            while len(self._histories) > HISTORY_CACHE_SIZE:
+        if run.stream and run.keep_history:  # the cache keeps the steps (views of step_x, step_x0)
+            self._histories[run.key], run.history = run.history, []
+            while (len(self._histories) > 1
+                   and sum(map(history_bytes, self._histories.values())) > HISTORY_CACHE_BYTES):
                 self._histories.popitem(last=False)
         self.finish_order.append(run.key)
         self._finished_since_trim = True
@@ -439,13 +455,9 @@ class NetworkServer:
                 run.result.set_exception(error)
 
 
-def compact(history: list[SamplerStep]) -> list[SamplerStep]:
-    """The same steps with their images in two tensors instead of two per step: a finished animation kept
-    for later listeners holds two allocations, not a thousand small ones scattered through the heap."""
-    xs = torch.stack([step.x for step in history])
-    x0s = torch.stack([step.x0 if step.x0 is not None else torch.zeros_like(step.x) for step in history])
-    return [SamplerStep(index=step.index, total=step.total, t=step.t, x=xs[i], x0=x0s[i] if step.x0 is not None else None)
-            for i, step in enumerate(history)]
+def history_bytes(history: list[SamplerStep]) -> int:
+    """Memory a finished run's history takes: x and x̂₀ of every step."""
+    return 2 * len(history) * history[0].x.nbytes
 
 
 def release_free_memory() -> None:

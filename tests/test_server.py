@@ -12,7 +12,8 @@ from conftest import TINY_T
 from diffusion.requests import check_sampling_request
 from diffusion.sampling import SAMPLERS
 from diffusion.batched_network import padded_size
-from diffusion.server import MAX_TICK_ROWS, STARVE_TICKS, NetworkServer, RunCancelled, choose_runs
+from diffusion import server as server_module
+from diffusion.server import MAX_TICK_ROWS, STARVE_TICKS, NetworkServer, RunCancelled, choose_runs, history_bytes
 
 
 def request(digits, **settings):
@@ -122,6 +123,50 @@ def test_identical_requests_are_computed_once_and_late_listeners_get_every_step(
         assert [s.index for s in server.submit(same, stream=True).steps()] == list(range(6))
     finally:
         server.close()
+
+
+def test_finished_animations_are_kept_within_a_memory_budget(tiny_random_pipe, monkeypatch):
+    """The newest finished animations whose steps fit in HISTORY_CACHE_BYTES are replayed without the network;
+    older ones are computed again (the newest is always kept, even alone over the budget)."""
+    gate = Gate(tiny_random_pipe.model)
+    server = NetworkServer(gate, tiny_random_pipe.schedule)
+    try:
+        animations = [request([d], steps=5, seed=d) for d in range(4)]
+        frames = [list(server.submit(a, stream=True).steps()) for a in animations[:1]]
+        one = history_bytes(frames[0])
+        assert one == 2 * 6 * 28 * 28 * 4  # x and x̂₀ of x_T and 5 steps, float32
+        monkeypatch.setattr(server_module, "HISTORY_CACHE_BYTES", 2.5 * one)
+        frames += [list(server.submit(a, stream=True).steps()) for a in animations[1:]]
+
+        def replayed(animation, expected) -> bool:
+            calls = len(gate.calls)
+            steps = list(server.submit(animation, stream=True).steps())
+            for step, before in zip(steps, expected, strict=True):
+                assert step.index == before.index and torch.equal(step.x, before.x)
+            return len(gate.calls) == calls
+
+        assert replayed(animations[3], frames[3]) and replayed(animations[2], frames[2])
+        assert not replayed(animations[0], frames[0])  # dropped: computed again, the same frames
+        monkeypatch.setattr(server_module, "HISTORY_CACHE_BYTES", 1)
+        list(server.submit(request([5], steps=5, seed=5), stream=True).steps())
+        assert replayed(request([5], steps=5, seed=5), server._histories[next(reversed(server._histories))])
+        assert len(server._histories) == 1
+    finally:
+        server.close()
+
+
+def test_a_kept_history_is_two_blocks_of_memory_with_the_same_frames(tiny_random_pipe, server):
+    """A streamed run that keeps its history writes each step into two tensors of its own, [steps+1,N,1,28,28];
+    the frames are the ones a run without history streams."""
+    same = request([2, 7], steps=5, seed=11)
+    kept = list(server.submit(same, stream=True).steps())
+    plain = list(server.submit(same, stream=True, keep_history=False).steps())
+    assert len({step.x.untyped_storage().data_ptr() for step in kept}) == 1
+    assert len({step.x0.untyped_storage().data_ptr() for step in kept[1:]}) == 1
+    assert kept[0].x0 is None and kept[0].x.untyped_storage().nbytes() == 6 * 2 * 28 * 28 * 4
+    for a, b in zip(kept, plain, strict=True):
+        assert a.index == b.index and a.t == b.t and torch.equal(a.x, b.x)
+        assert (a.x0 is None and b.x0 is None) or torch.equal(a.x0, b.x0)
 
 
 def test_a_stream_without_history_keeps_no_steps_and_gives_the_same_frames(tiny_random_pipe, server):
