@@ -501,30 +501,29 @@ def test_new_sessions_get_the_same_config_with_remembered_signatures(classroom):
         demo.close()
 
 
-def test_sessions_build_component_configs_on_demand_and_end_up_as_gradios(classroom):
-    """A new session holds no component configs until it needs them (each API call is a session); the ones an
-    event changed, and `components` (gradio's deep links), are what gradio's own session state gives."""
+def test_sessions_keep_no_copies_of_configs_and_give_gradios_components_when_asked(classroom):
+    """A session keeps no copy of its components' configs or last values (gradio keeps them for deep links,
+    which the app does not offer; each API call is a session); its state is gradio's, and `components`
+    builds the same configs as gradio's own session state."""
     import gradio.route_utils
     import gradio.state_holder
     from gradio_client import Client
 
-    eager = ui._SessionConfigsOnDemand.__mro__[1]
+    gradios = ui._SessionWithoutConfigCopies.__mro__[1]
     demo, url = launch_classroom(classroom)
     try:
-        assert gradio.state_holder.SessionState is gradio.route_utils.SessionState is ui._SessionConfigsOnDemand
-        on_demand, gradios = ui._SessionConfigsOnDemand(demo), eager(demo)
-        assert on_demand.config_values == {} and len(gradios.config_values) > 100
-        key = next(k for k, c in gradios.config_values.items() if "value" in c.get("props", {}))
-        for state in (on_demand, gradios):
-            state._update_value_in_config(key, "a new value")
-        assert on_demand.config_values == {key: gradios.config_values[key]}
-        assert gradios.config_values[key]["props"]["value"] == "a new value"
-        assert list(on_demand.components) == list(gradios.components)
-        # a session made by a request (gradio's state holder) is the on-demand kind, and keeps only what changed
+        assert gradio.state_holder.SessionState is gradio.route_utils.SessionState is ui._SessionWithoutConfigCopies
+        ours, theirs = ui._SessionWithoutConfigCopies(demo), gradios(demo)
+        assert ours.config_values == {} and len(theirs.config_values) > 100
+        assert ours.components == list(theirs.components)
+        # a session made by a request: gradio's state (the frame slider an event changed), no config copies
         student = Client(url, verbose=False)
-        student.predict(api_name="/generate")
+        student.predict(digit=2, steps=4, seed=1, api_name="/reverse_process")
         stored = demo.state_holder.session_data[student.session_hash]
-        assert isinstance(stored, ui._SessionConfigsOnDemand)
-        assert 0 < len(stored.config_values) < len(gradios.config_values) / 4
+        assert isinstance(stored, ui._SessionWithoutConfigCopies) and stored.config_values == {}
+        changed = [key for key, block in stored.blocks_config.blocks.items() if block is not demo.blocks.get(key)]
+        assert changed and all(c["props"] for c in stored.components if c["id"] in changed)
+        x_t, x0, counter = student.predict(frame=2, api_name="/show_frame")  # the session's run is still known
+        assert "step 2 of 4" in counter
     finally:
         demo.close()

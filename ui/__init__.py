@@ -112,24 +112,38 @@ def _remembered_signature(obj) -> inspect.Signature:
     return inspect.signature(obj)
 
 
-class _SessionConfigsOnDemand(gradio.state_holder.SessionState):
-    """gradio's per-session state, building a component's config the first time the session needs it.
+class _SessionWithoutConfigCopies(gradio.state_holder.SessionState):
+    """gradio's per-session state, without gradio's copies of its components' configs and last values.
 
-    gradio builds a config of every component for each new session (for deep links, which this app does not
-    offer), and every API call without a session is a new session: 0.44 MB and 6.6 ms of the event loop
-    each, for 257 components; 64 sessions kept 28 MB. Here a session holds the configs of the components an
-    event changed (gradio adds those itself) and builds the rest only if `components` is asked for."""
+    gradio keeps them for deep links (a URL that reopens a page as it was), which this app does not offer. It
+    built a config of all 257 components for each new session, and every API call without a session is a new
+    session: 0.44 MB and 6.6 ms of the event loop each, and then a copy of every output an event sent (a
+    class's 64 sessions kept 28 MB, then 10 MB). The session's own state (gr.State values, components an
+    event changed) is kept as gradio keeps it; `components` builds the configs when asked, without the
+    last values."""
 
     def __init__(self, blocks: gr.Blocks):
         super().__init__(types.SimpleNamespace(default_config=blocks.default_config, blocks={}))  # no configs
         self._blocks = blocks
 
+    def __setitem__(self, key: int, value) -> None:
+        super().__setitem__(key, value)
+        self.config_values.pop(key, None)
+
+    def _update_config(self, key: int) -> None:
+        pass
+
+    def _update_value_in_config(self, key: int, value) -> None:
+        pass
+
     @property
     def components(self):
-        self.config_values = {key: self.config_values[key] if key in self.config_values
-                              else self.blocks_config.config_for_block(key, [], block)
+        self.config_values = {key: self.blocks_config.config_for_block(key, [], block)
                               for key, block in self.blocks_config.blocks.items() if key in self._blocks.blocks}
-        return super().components
+        try:
+            return list(super().components)
+        finally:
+            self.config_values = {}
 
 
 def launch(demo: gr.Blocks, classroom: Classroom, host: str, port: int, **kwargs):
@@ -139,7 +153,7 @@ def launch(demo: gr.Blocks, classroom: Classroom, host: str, port: int, **kwargs
     # RequestGuard closes the other doors and bounds every request body before gradio stores anything.
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2, api_open=False)
     gradio.blocks.inspect = _CachedSignatures()
-    gradio.state_holder.SessionState = gradio.route_utils.SessionState = _SessionConfigsOnDemand
+    gradio.state_holder.SessionState = gradio.route_utils.SessionState = _SessionWithoutConfigCopies
     # run_history=False: gradio's run history re-reads and re-writes up to 100 past runs in the browser's
     # localStorage on every event, so each slider move got slower as a lesson went on (measured: 45 ms
     # round trips became 100 ms after ten reverse-process runs). The app has its own frame slider.

@@ -19,8 +19,8 @@ ANIMATION_CONCURRENCY = 40      # /reverse_process too: a whole class animates a
 HANDLER_NICENESS = 10           # handler threads run below the network server's thread (see classroom.py)
 WORKER_THREADS = SAMPLING_CONCURRENCY + ANIMATION_CONCURRENCY + 24  # gradio's threads for the handlers
 LIGHT_CONCURRENCY = 4           # forward noising, loading x₀: milliseconds each
-# Browser sessions whose state is kept (the id of their last reverse-process run; gradio also keeps the config
-# and last value of each component an event changed: ui._SessionConfigsOnDemand). Least recently used goes
+# Browser sessions whose state is kept (the id of their last reverse-process run, and the components an event
+# changed; no copies of configs or last outputs: ui._SessionWithoutConfigCopies). Least recently used goes
 # first, so a class of 30 (each page one session) keeps theirs.
 SESSION_CAPACITY = 64
 CLASSIFIER_CHUNK_ROWS = 16        # the classifiers' thread runs its batches in chunks of this many rows …
