@@ -35,6 +35,11 @@ def padded_size(rows: int) -> int:
     return -(-rows // BATCH_SIZES[-1]) * BATCH_SIZES[-1]
 
 
+def warm_up_sizes(max_rows: int) -> list[int]:
+    """Every padded size of a batch of 1 to max_rows samples, in increasing order."""
+    return sorted({padded_size(rows) for rows in range(1, max_rows + 1)})
+
+
 class BatchedNetwork:
     """A diffusion U-Net (or any module `guided_eps` accepts), evaluated in padded batches, in lanes on a CPU.
 
@@ -68,8 +73,9 @@ class BatchedNetwork:
         return guided_eps(self.model, *part)
 
     def warm_up(self, max_rows: int) -> None:
-        """Evaluate every padded batch size up to max_rows once, so no request pays for compiling its kernels."""
-        for rows in (size for size in BATCH_SIZES if size <= max_rows):
+        """Evaluate every batch size a batch of up to max_rows samples is padded to, once, so no request pays
+        for compiling kernels, and no kernels are compiled (and kept) in the middle of a busy heap."""
+        for rows in warm_up_sizes(max_rows):
             t = torch.ones(rows, dtype=torch.long, device=self.device)
             self.guided_eps(torch.zeros((rows, 1, 28, 28), device=self.device), t, t * 0,
                             torch.ones(rows, device=self.device))

@@ -11,7 +11,8 @@ import torch
 from conftest import TINY_T
 from diffusion.requests import check_sampling_request
 from diffusion.sampling import SAMPLERS
-from diffusion.batched_network import padded_size
+from diffusion.batched_network import padded_size, warm_up_sizes
+from diffusion.requests import MAX_SAMPLES
 from diffusion import server as server_module
 from diffusion.server import MAX_TICK_ROWS, STARVE_TICKS, NetworkServer, RunCancelled, choose_runs, history_bytes
 
@@ -247,6 +248,22 @@ def test_choose_runs_serves_the_least_remaining_work_and_never_starves_a_run():
     starved = R(10, 5000, 100 - STARVE_TICKS, 5)  # not served for STARVE_TICKS ticks: joins, past the budget
     assert choose_runs([big, small, starved, newer, mid], tick=100, max_rows=8) == [small, newer, mid, starved]
     assert choose_runs([big], tick=100, max_rows=8) == [big]  # a run larger than a tick still runs
+
+
+def test_the_server_warms_up_every_batch_size_a_tick_can_have(tiny_random_pipe):
+    """Before serving, every padded size of a tick of up to MAX_TICK_ROWS plus one starving run of
+    MAX_SAMPLES, once each, smallest first; then the requests."""
+    sizes = warm_up_sizes(MAX_TICK_ROWS + MAX_SAMPLES)
+    assert sizes == sorted({padded_size(rows) for rows in range(1, MAX_TICK_ROWS + MAX_SAMPLES + 1)})
+    assert sizes[-1] >= padded_size(MAX_TICK_ROWS + MAX_SAMPLES) and MAX_TICK_ROWS in sizes
+    gate = Gate(tiny_random_pipe.model)
+    server = NetworkServer(gate, tiny_random_pipe.schedule, warm_up=True, lanes=1)
+    try:
+        server.submit(request([4], steps=2, guidance=0.0)).result(timeout=120)
+        # (rows doubled for guidance: the tiny network has no guidance head; the request has w = 0)
+        assert gate.calls[:len(sizes)] == [2 * size for size in sizes] and gate.calls[len(sizes):] == [1, 1]
+    finally:
+        server.close()
 
 
 def test_ticks_are_padded_to_few_batch_sizes_and_never_by_more_than_a_third():
