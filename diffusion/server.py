@@ -114,8 +114,8 @@ class Run:
     last_served: int = 0
     history: list[SamplerStep] = field(default_factory=list)
     # A run that keeps its history writes every step's x and x̂₀ into these, [steps+1,N,1,28,28] each, and its
-    # history holds views of them: two blocks of memory, not a thousand small tensors left all through the
-    # worker's heap (30 ddpm-500 animations kept 94 MB of those while they ran, and pinned pages after)
+    # history holds views of them: two blocks of memory, not a thousand small tensors spread through the
+    # worker's heap (30 ddpm-500 animations hold 94 MB of steps while they run)
     step_x: torch.Tensor | None = None
     step_x0: torch.Tensor | None = None
     listeners: list[Mailbox] = field(default_factory=list)
@@ -345,7 +345,8 @@ class NetworkServer:
         with torch.inference_mode():  # one thread, never handed over: inference mode for good
             if self._warm:
                 # the largest tick the app makes: a full one, and one starving run of the most samples a
-                # request may ask (a batch size first met during a busy minute kept ~10-40 MB more RSS after it)
+                # request may ask (kernels for a batch size first met during a class stayed in the middle of
+                # the heap: malloc's memory in use after the class benchmark was 16 MB higher)
                 self.network.warm_up(self.max_tick_rows + MAX_SAMPLES)
             while True:
                 with self._lock:
