@@ -137,13 +137,10 @@ class _SessionWithoutConfigCopies(gradio.state_holder.SessionState):
         pass
 
     @property
-    def components(self):
-        self.config_values = {key: self.blocks_config.config_for_block(key, [], block)
-                              for key, block in self.blocks_config.blocks.items() if key in self._blocks.blocks}
-        try:
-            return list(super().components)
-        finally:
-            self.config_values = {}
+    def components(self) -> list[dict]:
+        configs = (self.blocks_config.config_for_block(key, [], block)
+                   for key, block in self.blocks_config.blocks.items() if key in self._blocks.blocks)
+        return [config for config in configs if config]
 
 
 def launch(demo: gr.Blocks, classroom: Classroom, host: str, port: int, **kwargs):
