@@ -28,7 +28,6 @@ results are kept.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import itertools
 import threading
@@ -45,6 +44,7 @@ from .data import to_uint8
 from .batched_network import BatchedNetwork
 from .requests import MAX_SAMPLES, SamplingRequest
 from .editing import prepare_run
+from .heap import fix_malloc_thresholds, release_free_memory
 from .sampling import Sampler, SamplerStep, classifier_guided_eps, is_guided_step
 from .schedules import NoiseSchedule
 
@@ -215,6 +215,7 @@ class NetworkServer:
 
     def __init__(self, model: torch.nn.Module, schedule: NoiseSchedule, max_tick_rows: int = MAX_TICK_ROWS,
                  warm_up: bool = False, judge: torch.nn.Module | None = None, lanes: int | None = None):
+        fix_malloc_thresholds()  # for the handler threads' heaps, and the network's tensors (see heap.py)
         self.network = BatchedNetwork(model, lanes)  # lanes: default one per core on a CPU
         self.schedule, self.max_tick_rows = schedule, max_tick_rows
         self.judge = judge  # the noise-aware classifier, for requests with classifier guidance
@@ -461,16 +462,6 @@ class NetworkServer:
 def history_bytes(history: list[SamplerStep]) -> int:
     """Memory a finished run's history takes: x and x̂₀ of every step."""
     return 2 * len(history) * history[0].x.nbytes
-
-
-def release_free_memory() -> None:
-    """Return the C heap's free memory to the operating system (glibc's malloc_trim; elsewhere nothing).
-    Many threads allocating at once leave freed memory in per-thread arenas, which would otherwise keep a
-    Space's resident memory at the high-water mark of its busiest minute."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def request_key(request: SamplingRequest) -> tuple:
