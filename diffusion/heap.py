@@ -6,12 +6,14 @@ dozens of web-handler threads that come and go. Two things follow, both measured
 
 - A heap keeps the free memory at its top resident up to malloc's trim threshold, and glibc raises that
   threshold to twice the largest block freed: torch's tensors pushed it to 40-51 MB, so each handler thread's
-  heap could keep that much after its thread was gone. With the thresholds left to glibc the app's memory
-  settled 40-103 MB above its start after the class benchmark (seven runs); with them fixed, 38-59 MB.
+  heap could keep that much after its thread was gone. With the thresholds left to glibc, the app's memory
+  settled 40-103 MB above its start after the class benchmark (seven runs, two over its 100 MB bar); with
+  these, 46-71 MB (five runs).
 - Blocks above malloc's mmap threshold (glibc raises it as blocks are freed, to 20-26 MB here) are mapped
-  afresh for every tensor and their pages faulted in every time: 150-260 thousand page faults for 30 grids.
-  With blocks up to 32 MB coming from the heaps, the network server alone runs 30 grids in 1.8 s instead of
-  2.1-2.2 s (2-27 thousand page faults).
+  afresh for every tensor, and their pages faulted in every time: 150-260 thousand page faults while the
+  network server alone ran 30 grids (counted with getrusage around `NetworkServer.run`), 2-27 thousand with
+  blocks up to 32 MB coming from the heaps. The benchmark's compute floor for 30 grids went from 2.2-2.4 s
+  to 2.0-2.2 s.
 
 On other systems (macOS, Windows, musl) these functions do nothing.
 """
