@@ -41,7 +41,7 @@ def test_noise_classifier_sees_the_noise_level():
 
 def test_shipped_noise_classifier_reads_real_digits_and_doubts_noise():
     """The shipped checkpoint: every shipped real test digit right when clean, and unsure on pure noise
-    (the full bars, on 10,000 test digits, are measured by benchmarks/bench_noise_classifier.py)."""
+    (the full bars, on 10,000 test digits, are measured by benchmarks/bench_lab.py)."""
     model = load_noise_classifier(DEFAULT_NOISE_CLASSIFIER)
     images, labels = load_shipped_digits()
     assert accuracy(model, to_model_range(images), torch.from_numpy(labels)) == 1.0
