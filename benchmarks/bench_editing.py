@@ -32,26 +32,35 @@ SEEDS = 20
 HELD_OUT_THREES, HELD_OUT_SEEDS, HELD_OUT_SCALES = 60, 5, (10.0, 15.0, 20.0)
 
 
-def bench_quality(report: Report) -> None:
+def load_models():
+    """(the pipeline, with the noise-aware classifier for classifier guidance; the trusted classifier, the judge)"""
     from diffusion.classifier import load_classifier, load_noise_classifier
-    from diffusion.data import load_shipped_digits, to_model_range
+    from diffusion.pipeline import load_pipeline
+
+    return load_pipeline(judge=load_noise_classifier()), load_classifier()
+
+
+def share_classified_as(judge, results: np.ndarray, digit: int) -> float:
+    """The share of results (uint8 [N,28,28]) that the judge classifies as digit."""
+    from diffusion.data import to_model_range
+
+    return int((judge.predict_proba(to_model_range(results)).argmax(1) == digit).sum()) / len(results)
+
+
+def bench_quality(report: Report, pipe, judge) -> None:
+    from diffusion.data import load_shipped_digits
     from diffusion.editing import (DEFAULT_EDIT_CLASSIFIER_SCALE, DEFAULT_EDIT_GUIDANCE, INPAINT_RESAMPLE,
                                    INPAINT_SAMPLER, INPAINT_STEPS)
-    from diffusion.pipeline import load_pipeline
     from ui.edit import preset_mask
 
-    pipe, judge = load_pipeline(judge=load_noise_classifier()), load_classifier()
     images, labels = load_shipped_digits()
     sdedit = dict(guidance=DEFAULT_EDIT_GUIDANCE, classifier_scale=DEFAULT_EDIT_CLASSIFIER_SCALE)  # /edit's defaults
-
-    def share(results: np.ndarray, digit: int) -> float:
-        return int((judge.predict_proba(to_model_range(results)).argmax(1) == digit).sum()) / len(results)
 
     as_eight, kept = [], []
     for i in np.flatnonzero(labels == 3):
         strong = pipe.edit([8] * SEEDS, images[i], strength=0.6, **sdedit)
         weak = pipe.edit([8] * SEEDS, images[i], strength=0.2, **sdedit)
-        as_eight.append(share(strong, 8))
+        as_eight.append(share_classified_as(judge, strong, 8))
         kept.append(float(np.abs(weak.astype(float) - images[i]).mean() / 255))
         print(f"  shipped 3 #{i}: s = 0.6 -> {as_eight[-1]:.0%} eights; s = 0.2 -> mean change {kept[-1]:.3f}")
     report.figure("sdedit_share_of_eights", as_eight)
@@ -68,7 +77,7 @@ def bench_quality(report: Report) -> None:
         results = pipe.edit([7] * SEEDS, images[i], strength=1.0, keep_mask=keep, resample=INPAINT_RESAMPLE,
                             sampler=INPAINT_SAMPLER, num_inference_steps=INPAINT_STEPS,
                             guidance=DEFAULT_EDIT_GUIDANCE)
-        as_seven.append(share(results, 7))
+        as_seven.append(share_classified_as(judge, results, 7))
         changed.append(max(int(np.abs(r[keep == 1].astype(int) - images[i][keep == 1]).max()) for r in results))
         print(f"  shipped 7 #{i}: {as_seven[-1]:.0%} sevens; kept pixels changed by at most {changed[-1]}/255")
     report.bar("inpaint_kept_pixels", max(changed) / 255, INPAINT_KEEP_BAR, "", "inpainting: the unmasked "
@@ -77,14 +86,11 @@ def bench_quality(report: Report) -> None:
                "7s (the hardest of the shipped 7s)", at_least=True)
 
 
-def bench_held_out(report: Report, data_dir: str) -> None:
+def bench_held_out(report: Report, pipe, judge, data_dir: str) -> None:
     """SDEdit 3 -> 8 at s = 0.6 on MNIST training 3s, at several classifier scales (figures, no bar)."""
-    from diffusion.classifier import load_classifier, load_noise_classifier
-    from diffusion.data import load_mnist, to_model_range
+    from diffusion.data import load_mnist
     from diffusion.editing import DEFAULT_EDIT_GUIDANCE
-    from diffusion.pipeline import load_pipeline
 
-    pipe, judge = load_pipeline(judge=load_noise_classifier()), load_classifier()
     x, y = load_mnist(data_dir, train=True)
     threes = x[y == 3][:HELD_OUT_THREES].numpy()
     for scale in HELD_OUT_SCALES:
@@ -92,10 +98,11 @@ def bench_held_out(report: Report, data_dir: str) -> None:
         for image in threes:
             edited = pipe.edit([8] * HELD_OUT_SEEDS, image, strength=0.6, guidance=DEFAULT_EDIT_GUIDANCE,
                                classifier_scale=scale)
-            shares.append((judge.predict_proba(to_model_range(edited)).argmax(1) == 8).float().mean().item())
-        report.figure(f"held_out_share_of_eights_scale_{scale:g}", float(sum(shares) / len(shares)),
+            shares.append(share_classified_as(judge, edited, 8))
+        mean = sum(shares) / len(shares)
+        report.figure(f"held_out_share_of_eights_scale_{scale:g}", mean,
                       f"held out: {HELD_OUT_THREES} training 3s x {HELD_OUT_SEEDS} seeds -> 8 at s = 0.6, classifier "
-                      f"scale {scale:g}: {sum(shares) / len(shares):.1%} eights, worst 3 {min(shares):.0%}")
+                      f"scale {scale:g}: {mean:.1%} eights, worst 3 {min(shares):.0%}")
 
 
 def bench_speed(report: Report) -> None:
@@ -125,9 +132,10 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", help="MNIST, for the held-out figures that chose /edit's classifier scale")
     args = p.parse_args(argv)
     report = Report("editing")
-    bench_quality(report)
+    pipe, judge = load_models()
+    bench_quality(report, pipe, judge)
     if args.data_dir:
-        bench_held_out(report, args.data_dir)
+        bench_held_out(report, pipe, judge, args.data_dir)
     bench_speed(report)
     return report.finish()
 

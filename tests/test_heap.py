@@ -1,15 +1,13 @@
 """The process's C heap (diffusion/heap.py): with malloc's thresholds fixed, a thread's freed heap goes back
 to the system, as a class's many handler threads need; the network server fixes them."""
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from diffusion.heap import glibc
 from diffusion.server import NetworkServer
-
-ON_GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # One handler thread's life in a class: 30 MB in 100 kB blocks from its own heap, then all freed. Prints the
 # resident memory it added at its peak and after the frees, in MB.
@@ -52,7 +50,7 @@ def added_mb(thresholds: str) -> list[float]:
     return [float(v) for v in out.split()]
 
 
-@pytest.mark.skipif(not ON_GLIBC, reason="glibc's malloc")
+@pytest.mark.skipif(glibc() is None, reason="glibc's malloc")
 def test_with_fixed_thresholds_a_thread_s_freed_heap_goes_back_to_the_system():
     peak, kept = added_mb("glibc's own")
     assert peak > 28 and kept > 28  # the control: glibc's grown trim threshold keeps all 30 MB resident
