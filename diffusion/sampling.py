@@ -141,6 +141,14 @@ def timestep_sequence(schedule: NoiseSchedule, num_inference_steps: int,
     return torch.linspace(t_start, 1, S, dtype=torch.float64).round().long().tolist()
 
 
+def span_timesteps(span: tuple[int, int], num_inference_steps: int) -> list[int]:
+    """S evaluation times evenly spaced from t down to (not including) s: span (480, 384), S = 2 -> [480, 432]."""
+    t, s = span
+    if not 0 <= s < t or not 1 <= num_inference_steps <= t - s:
+        raise ValueError(f"cannot take {num_inference_steps} distinct steps from t = {t} to s = {s}")
+    return torch.linspace(t, s, num_inference_steps + 1, dtype=torch.float64).round().long().tolist()[:-1]
+
+
 EVERY_STEP = (0.0, 1.0)  # the guidance interval that guides at every step: the plain formula above
 
 
@@ -217,10 +225,14 @@ class Sampler:
     stochastic = True  # draws fresh noise at some step
 
     def __init__(self, schedule: NoiseSchedule, num_inference_steps: int, *, eta: float = 0.0,
-                 start_alpha_bar: float = START_ALPHA_BAR, clip_x0: bool = True, start_t: int | None = None):
+                 start_alpha_bar: float = START_ALPHA_BAR, clip_x0: bool = True, start_t: int | None = None,
+                 span: tuple[int, int] | None = None):
         self.schedule, self.eta, self.clip_x0 = schedule, eta, clip_x0
-        self.timesteps = timestep_sequence(schedule, num_inference_steps, start_alpha_bar, start_t)
-        self._next = dict(zip(self.timesteps, self.timesteps[1:] + [0]))
+        if span is None:
+            self.timesteps, end = timestep_sequence(schedule, num_inference_steps, start_alpha_bar, start_t), 0
+        else:  # a piece of a run: S steps from t down to s (a distilled student's one step is S of the teacher's)
+            self.timesteps, end = span_timesteps(span, num_inference_steps), span[1]
+        self._next = dict(zip(self.timesteps, self.timesteps[1:] + [end]))
 
     def step(self, eps: torch.Tensor, t: int, x: torch.Tensor, generator: Generators = None) -> StepOutput:
         """One step from x at time t (one of `timesteps`) to the next time step. eps: [B,1,28,28] the
@@ -318,9 +330,16 @@ class SDEDPMSolverPP2M(DPMSolverPP2M):
         if s == 0:
             return x0
         ab_t, ab_s, h, d = self.second_order(x0, t, s)
+        keep_x, noise_scale = self.coefficients(t, s)
+        return keep_x * x + ab_s**0.5 * (-math.expm1(-2 * h)) * d + noise_scale * randn_like(x, generator)
+
+    def coefficients(self, t: int, s: int) -> tuple[float, float]:
+        """(σ_s/σ_t·e^{-h}, σ_s·√(1 − e^{-2h})): how much of x_t a step t -> s > 0 keeps, and how much fresh
+        noise it adds. (A distilled student's training follows the noise through a run with them.)"""
+        ab_t, ab_s = self.schedule.alpha_bar[t].item(), self.schedule.alpha_bar[s].item()
+        h = 0.5 * (self.log_snr[s] - self.log_snr[t]).item()
         sigma_t, sigma_s = (1 - ab_t) ** 0.5, (1 - ab_s) ** 0.5
-        return (sigma_s / sigma_t * math.exp(-h)) * x + ab_s**0.5 * (-math.expm1(-2 * h)) * d \
-            + sigma_s * (-math.expm1(-2 * h)) ** 0.5 * randn_like(x, generator)
+        return sigma_s / sigma_t * math.exp(-h), sigma_s * (-math.expm1(-2 * h)) ** 0.5
 
 
 SAMPLER_CLASSES: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDPM, DDIM, DPMSolverPP2M, SDEDPMSolverPP2M)}
@@ -328,7 +347,7 @@ SAMPLERS = tuple(SAMPLER_CLASSES)
 
 
 def make_sampler(name: str, schedule: NoiseSchedule, num_inference_steps: int, **options) -> Sampler:
-    """A fresh sampler by name (one of SAMPLERS); options: eta, start_alpha_bar, clip_x0, start_t."""
+    """A fresh sampler by name (one of SAMPLERS); options: eta, start_alpha_bar, clip_x0, start_t, span."""
     if name not in SAMPLER_CLASSES:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     return SAMPLER_CLASSES[name](schedule, num_inference_steps, **options)

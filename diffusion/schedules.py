@@ -130,15 +130,20 @@ class NoiseSchedule:
             variance = (1-α_{t|s})·(1-ᾱ_s)/(1-ᾱ_t)
         A sampler that skips steps (t -> s > t-1) uses the same posterior of the respaced process.
         """
+        coef_x0, coef_xt, variance = self.posterior_coefficients(t, s)
+        mean = self._broadcast(coef_x0, x0) * x0 + self._broadcast(coef_xt, xt) * xt
+        return mean, variance.reshape(variance.shape + (1,) * (xt.dim() - variance.dim()))
+
+    def posterior_coefficients(self, t, s=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(coefficient of x_0, coefficient of x_t, variance) of q(x_s | x_t, x_0) (see `q_posterior`), float64,
+        shaped like t. t, s: ints or [B] integer tensors, 0 ≤ s < t (default s = t-1)."""
         t = torch.as_tensor(t)
         s = t - 1 if s is None else torch.as_tensor(s)
         ab_t, ab_s = self.alpha_bar[t], self.alpha_bar[s]
         alpha_ts = ab_t / ab_s
         coef_x0 = ab_s.sqrt() * (1.0 - alpha_ts) / (1.0 - ab_t)
         coef_xt = alpha_ts.sqrt() * (1.0 - ab_s) / (1.0 - ab_t)
-        variance = (1.0 - alpha_ts) * (1.0 - ab_s) / (1.0 - ab_t)
-        mean = self._broadcast(coef_x0, x0) * x0 + self._broadcast(coef_xt, xt) * xt
-        return mean, variance.reshape(variance.shape + (1,) * (xt.dim() - variance.dim()))
+        return coef_x0, coef_xt, (1.0 - alpha_ts) * (1.0 - ab_s) / (1.0 - ab_t)
 
     def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Invert q_sample for x_0 given the noise: x̂_0 = (x_t - √(1-ᾱ_t)·ε) / √ᾱ_t."""

@@ -8,6 +8,9 @@ Guidance distillation (`--teacher checkpoints/unet_teacher`): the student is a c
 with a guidance head (see `model.py`) and learns, on the same x_t, the teacher's ε(x,c) and its
 guidance direction ε(x,c) − ε(x,∅). Guided sampling with the student costs one pass per step.
 
+A few-step student (`--teacher checkpoints/unet --student-steps 6 --out checkpoints/student`): a copy of
+the shipped model learns to take one step where it takes several (see `student.py`).
+
 Writes (all under --out, default checkpoints/unet):
     unet.safetensors/.json                the EMA weights + config: what the app ships
     unet.train_state.safetensors/.json    raw weights, optimiser moments, step: for --resume
@@ -36,8 +39,9 @@ from tqdm import tqdm
 from .checkpoints import checkpoint_paths, load_module, read_config, read_tensors, save_checkpoint
 from .data import load_mnist, save_grid, synthetic_digits, to_model_range
 from .model import UNetConfig, add_guidance_head, bf16_is_fast, build_unet, count_parameters
-from .sampling import conditional_and_unconditional_eps, sample
+from .sampling import conditional_and_unconditional_eps, has_guidance_head, sample
 from .schedules import SCHEDULE_NAMES, NoiseSchedule
+from .student import StudentPlan, student_loss
 
 DEFAULTS = UNetConfig()  # one source of truth for the architecture's defaults
 FIXED_LOSS_IMAGES = 2000  # images in the fixed training and held-out sets whose loss is logged per epoch
@@ -129,6 +133,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from <out>.train_state if it exists")
     p.add_argument("--teacher", help="distil this checkpoint into a student with a guidance head (its "
                                      "architecture and schedule win over the options below)")
+    p.add_argument("--student-steps", type=int, default=0, metavar="S",
+                   help="with --teacher (one with a guidance head): distil an S-step student (student.py)")
+    p.add_argument("--teacher-substeps", type=int, default=StudentPlan.teacher_substeps,
+                   help="the teacher's steps for each of the student's")
+    p.add_argument("--student-guidance", type=float, nargs=2, default=list(StudentPlan.guidance_range),
+                   metavar=("LO", "HI"), help="each training row's w is drawn from [LO, HI]")
     p.add_argument("--epochs", type=int, default=15, help="train until this many epochs are done in total")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimiser steps (0 = no limit)")
     p.add_argument("--batch-size", type=int, default=128, help="per process")
@@ -198,18 +208,32 @@ def start_run(args: argparse.Namespace, world: int, device: torch.device) -> Run
     teacher = None
     if args.teacher:
         teacher, teacher_config = load_module(args.teacher, build_unet, kind="diffusion-unet")
-        teacher = teacher.to(device).requires_grad_(False)
+        teacher = teacher.to(device).eval().requires_grad_(False)
         config["architecture"] = {**teacher_config["architecture"], "guidance_head": True}
         config["schedule"] = teacher_config["schedule"]
         config["training"]["distilled_from"] = {"checkpoint": Path(args.teacher).name,
                                                 "training": teacher_config["training"]}
+        if args.student_steps:
+            if not has_guidance_head(teacher):
+                raise SystemExit(f"--student-steps needs a teacher with a guidance head; {args.teacher} has none")
+            plan = StudentPlan(args.student_steps, args.teacher_substeps, tuple(args.student_guidance))
+            config["training"]["student"] = plan.to_dict()
+            config["sampling"] = {"sampler": plan.to_dict()["sampler"], "steps": plan.steps}
     state_stem = Path(str(args.out) + ".train_state")
     resume = args.resume and checkpoint_paths(state_stem)[0].is_file()
     if resume:  # the saved run's architecture and schedule win over the command line
         saved = read_config(state_stem)
         config["architecture"], config["schedule"] = saved["architecture"], saved["schedule"]
-        config["training"].update({k: saved["training"][k] for k in ("epochs", "steps", "seconds")})
-    model = (add_guidance_head(teacher) if teacher is not None and not resume else build_unet(config)).to(device)
+        config["training"].update({k: saved["training"][k] for k in ("epochs", "steps", "seconds", "student")
+                                   if k in saved["training"]})
+        if "sampling" in saved:
+            config["sampling"] = saved["sampling"]
+    if teacher is not None and not resume:  # the student starts as the teacher (plus a guidance head if it has none)
+        model = build_unet(config)
+        model.load_state_dict((teacher if has_guidance_head(teacher) else add_guidance_head(teacher)).state_dict())
+    else:
+        model = build_unet(config)
+    model = model.to(device)
     ema = EMA(model, args.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     if resume:
@@ -283,8 +307,15 @@ def train_epoch(run: Run, ddp_model, data, gen, rank: int, world: int, use_amp: 
                                     args.warmup_steps)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=use_amp):
             x0, y = x_all[idx].to(run.device), y_all[idx].to(run.device)
-            loss = (diffusion_loss(ddp_model, run.schedule, x0, y, args.label_dropout, gen) if run.teacher is None
-                    else distillation_loss(run.model, run.teacher, run.schedule, x0, y, args.label_dropout, gen))
+            if run.teacher is None:
+                loss = diffusion_loss(ddp_model, run.schedule, x0, y, args.label_dropout, gen)
+            elif "student" in run.training:
+                plan = run.training["student"]
+                loss = student_loss(run.model, run.teacher, run.schedule, x0, y,
+                                    StudentPlan(plan["steps"], plan["teacher_substeps"], tuple(plan["guidance_range"])),
+                                    gen)
+            else:
+                loss = distillation_loss(run.model, run.teacher, run.schedule, x0, y, args.label_dropout, gen)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
@@ -352,8 +383,10 @@ def log_epoch(run: Run, losses: list[float], fixed: dict[str, float]) -> None:
     _append_csv(fixed_log, ["epoch", "step", "train_loss", "heldout_loss"],
                 [[epoch, step, f"{fixed['train']:.5f}", f"{fixed['heldout']:.5f}"]])
     plot_losses(loss_log, fixed_log, run.log_dir / "loss.png")
+    sampling = run.config.get("sampling", {"sampler": "dpm++2m", "steps": 10})  # a student's own, or the usual
     x = sample(ema_network(run), run.schedule, torch.arange(10).repeat(4), guidance=run.args.sample_guidance,
-               sampler="dpm++2m", num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+               sampler=sampling["sampler"], num_inference_steps=sampling["steps"],
+               generator=torch.Generator().manual_seed(0))
     save_grid(x, run.log_dir / f"samples_epoch_{epoch:03d}.png", nrow=10)
 
 
