@@ -32,7 +32,7 @@ import gradio.route_utils
 import gradio.state_holder
 from starlette.middleware import Middleware
 
-from . import how_it_works
+from . import how_it_works, image_cache
 from .architecture import ArchitectureTab
 from .classroom import Classroom, load_classroom
 from .controls import presenter_toggle, wrap_tabs
@@ -149,6 +149,7 @@ def launch(demo: gr.Blocks, classroom: Classroom, host: str, port: int, **kwargs
     # api_open=False: a queued event cannot be called directly (POST /run/<name>), skipping the queue's limits;
     # RequestGuard closes the other doors and bounds every request body before gradio stores anything.
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2, api_open=False)
+    image_cache.install()  # identical pictures share a cache file: never rewrite one while it is being served
     gradio.blocks.inspect = _CachedSignatures()
     gradio.state_holder.SessionState = gradio.route_utils.SessionState = _SessionWithoutConfigCopies
     # run_history=False: gradio's run history re-reads and re-writes up to 100 past runs in the browser's
