@@ -1,23 +1,28 @@
 """A whole class on one 2-core Space: the network server's bars, measured against `python app.py`.
 
-    nice -n 10 python -m benchmarks.bench_class          # starts the app itself; about 3 minutes
+    nice -n 10 python -m benchmarks.bench_class                 # starts the app itself; about 4 minutes
+    nice -n 10 python -m benchmarks.bench_class --app-args --no-bf16     # as on a CPU without bf16
 
-Each student is its own HTTP client, calling the app's public API (POST /gradio_api/call/<name>, then
-reading the event stream, as gradio_client does), all released at the same moment, each with its own
-digit and seed. Bars (issue 12, and issue 11's fairness bar):
-    30 × /reverse_process at the defaults        all finish; first frame p95 ≤ 1.5 s; finished p95 ≤ 3 s
-    30 × /reverse_process, ddpm, 500 steps       all finish; finished p95 ≤ 20 s (the compute floor is printed)
-    30 × /generate of a 10-digit grid            p95 ≤ 3 s
+Each student is a light HTTP client of its own (devtools/class_client.py): it calls the app's public API
+(POST /gradio_api/call/<name>, then reads the event stream) and fetches every file each update names, as a
+browser does. All are released at the same moment, each with its own digit and seed. Bars:
+    every file fetched whole, and no exception in the app's log      0 failed fetches, 0 exceptions
+    30 × /reverse_process at the defaults        all finish; first frame p95 ≤ 1.5 s; finished p95 ≤ 3 s;
+                                                 every student shown at least 8 of the 12 frames
+    30 × /reverse_process, ddpm, 500 steps       finished p95 ≤ 20 s where bf16 is fast, else ≤ 2× the FLOP floor
+    30 × /generate of a 10-digit grid            p95 ≤ 3 s where bf16 is fast, else ≤ 2× the FLOP floor
     mixed: 10 ddpm-500 + 20 default animations + 30 grids     the default animations finish with p95 ≤ 5 s
-    one user alone                               grid ≤ 0.2 s, first frame ≤ 0.1 s (as before: 0.1 s, 70 ms)
+    one user alone                               grid ≤ 0.2 s, first frame ≤ 0.1 s
     memory                                       the app's RSS after all this within 100 MB of its start
     fairness: 4 clients looping maximum-size requests, 10 users' /generate p95 ≤ 3× its unloaded value
-Writes benchmarks/results/class.json and exits 1 if a bar is missed.
+Beside each scenario it prints the same sampling work in this process (the network server alone, the app's
+dtype: the in-process time) and the served p95's ratio to it, and the FLOP floor: the scenario's network
+FLOPs at this CPU's float32 matrix-multiply rate, measured in the same run. The CPU's model and flags go
+beside the figures. Writes benchmarks/results/class.json and exits 1 if a bar is missed.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import re
 import sys
@@ -25,10 +30,11 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 
-from devtools.bench import Report, percentile, seconds
+from devtools.bench import PARTIAL as PARTIAL_LOGS, Report, cpu_flags, matmul_gflops, network_gflop, percentile, seconds
+from devtools.class_client import Student, exceptions_in_log
 from devtools.servers import free_port, start_app, stop
+from diffusion.model import bf16_is_fast
 from diffusion.requests import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffusion.server import TRIM_AFTER_IDLE_S
 
@@ -41,54 +47,6 @@ SCENARIOS = ("alone", "animations", "grids", "ddpm", "mixed", "fairness")  # eve
 def rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
-
-
-class Student:
-    """One student's HTTP client (its own connection; an address of its own through X-Forwarded-For, as
-    a Space's proxy would set it, so the per-client limits see distinct students)."""
-
-    def __init__(self, url: str, address: str):
-        self.url = url
-        # idle connections are dropped after 1 s: uvicorn closes them after 5 s, httpx's default is also 5 s,
-        # and a POST sent on a connection just as the server closes it fails ("Server disconnected")
-        self.http = httpx.Client(timeout=600, headers={"x-forwarded-for": address},
-                                 limits=httpx.Limits(keepalive_expiry=1.0))
-
-    def call(self, api_name: str, values: dict | None = None, **more) -> dict:
-        """Run an endpoint; returns {'first': s to the first streamed output, 'done': s to the end, 'ok': bool}."""
-        start = time.perf_counter()
-        values = {**(values or {}), **more}
-        posted = self.http.post(f"{self.url}gradio_api/call/{api_name}", json={"data": self.data(api_name, values)})
-        posted.raise_for_status()
-        first, ok, error = None, False, ""
-        with self.http.stream("GET", f"{self.url}gradio_api/call/{api_name}/{posted.json()['event_id']}") as s:
-            event = None
-            for line in s.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                    if event in ("generating", "complete") and first is None:
-                        first = time.perf_counter() - start
-                    ok = event == "complete"
-                elif line.startswith("data: ") and event == "error":
-                    error = line[6:200]
-        return {"first": first, "done": time.perf_counter() - start, "ok": ok, "error": error}
-
-    def data(self, api_name: str, values: dict) -> list:
-        """The endpoint's parameters in the app's order: these values, else the benchmark's defaults, else the
-        app's own (read once from /gradio_api/info, so a new parameter with a default needs no change here)."""
-        merged = {**self.DEFAULTS, **({"digit": "3"} if api_name == "reverse_process" else {}), **values}
-        return [merged.get(name, default) for name, default in api_parameters(self.url)[api_name]]
-
-    DEFAULTS = {"digit": "all", "samples_per_digit": 1, "guidance": DEFAULT_GUIDANCE, "sampler": DEFAULT_SAMPLER,
-                "steps": DEFAULT_STEPS, "seed": 0, "quality_prompts_text": ""}
-
-
-@functools.cache
-def api_parameters(url: str) -> dict[str, list[tuple[str, object]]]:
-    """{endpoint: [(parameter name, its default), ...]} as the app describes its API."""
-    info = httpx.get(f"{url}gradio_api/info").json()["named_endpoints"]
-    return {name.strip("/"): [(p["parameter_name"], p.get("parameter_default")) for p in e["parameters"]]
-            for name, e in info.items()}
 
 
 def together(jobs: list) -> list[dict]:
@@ -123,6 +81,10 @@ def describe(results: list[dict], name: str) -> str:
         values = [r[key] for r in ok if r[key] is not None]
         if values:
             text += f"; {key} p50 {percentile(values, 50):.2f} s, p95 {percentile(values, 95):.2f} s"
+    text += f"; {sum(r.get('files', 0) for r in results)} files fetched"
+    failed = [f for r in results for f in r.get("failed_fetches", [])]
+    if failed:
+        text += f", {len(failed)} FAILED ({failed[:2]})"
     errors = sorted({r["error"] for r in results if not r["ok"]})
     return text + (f"; errors: {errors[:3]}" if errors else "")
 
@@ -132,31 +94,68 @@ def animation(digit: int, **values) -> tuple:
 
 
 def grid() -> tuple:
-    return "generate", {"seed": next(SEEDS)}
+    """A 10-digit grid at the app's defaults, scored by the classifier alone (no quality prompts for CLIP)."""
+    return "generate", {"digit": "all", "samples_per_digit": 1, "seed": next(SEEDS), "quality_prompts_text": ""}
 
 
-def compute_floor(users: int, digits: list[int] | None, **settings) -> float:
-    """Seconds for the network server alone (no HTTP, no scoring, no frames) to run `users` requests at once:
-    each of `digits` (None: one digit each, as an animation asks), with these sampler settings."""
-    from diffusion import load_pipeline
-    from diffusion.server import NetworkServer
+class Yardsticks:
+    """What a scenario's served time is set against, in this process: the same sampling work through the
+    network server alone (no HTTP, no scores, no frames; the app's dtype), and the FLOP floor (the work's
+    network FLOPs at this CPU's float32 matrix-multiply rate, measured once per run)."""
 
-    pipe = load_pipeline()
-    server = NetworkServer(pipe.model, pipe.schedule)
+    def __init__(self, bf16: bool | None):
+        from diffusion import load_pipeline
+        from diffusion.server import NetworkServer
 
-    def run_all() -> float:
-        requests = [pipe.check_request(digits or [u % 10], seed=next(SEEDS), **settings) for u in range(users)]
-        return seconds(lambda: server.run(requests))
+        self.pipe = load_pipeline(bf16=bf16)
+        self.server = NetworkServer(self.pipe.model, self.pipe.schedule)
+        self.gflop_per_evaluation = network_gflop(self.pipe.model)
+        self.fp32_gflops = matmul_gflops()
 
-    if len(digits or []) > 1:
-        run_all()  # a short burst: once first, so its batch sizes' kernels are ready (as in the warmed-up app)
-    floor_s = run_all()
-    server.close()
-    return floor_s
+    def in_process(self, users: int, digits: list[int] | None, **settings) -> float:
+        """Seconds for the network server to run `users` requests at once: each of `digits` (None: one digit
+        each, as an animation asks), with these sampler settings."""
+        def run_all() -> float:
+            requests = [self.pipe.check_request(digits or [u % 10], seed=next(SEEDS), **settings) for u in range(users)]
+            return seconds(lambda: self.server.run(requests))
+
+        run_all()  # once first, so its batch sizes' kernels are ready (as in the warmed-up app)
+        return run_all()
+
+    def flop_floor(self, samples: int, steps: int) -> float:
+        """Seconds this CPU needs for samples × steps network evaluations at its float32 matmul rate."""
+        return samples * steps * self.gflop_per_evaluation / self.fp32_gflops
+
+    def close(self) -> None:
+        self.server.close()
 
 
-def fairness(url: str, report: Report, users: int, abusers: int, seconds: float) -> None:
-    """10 users' /generate alone, then again while `abusers` clients loop maximum-size requests."""
+def set_against(report: Report, key: str, results: list[dict], yardsticks: Yardsticks, users: int,
+                samples_each: int, steps: int, digits: list[int] | None, **settings) -> tuple[float | None, float]:
+    """Print the served p95 beside the in-process time of the same work, their ratio, and the FLOP floor;
+    returns (served p95, FLOP floor)."""
+    served = p95(results, "done")
+    inside = yardsticks.in_process(users, digits, num_inference_steps=steps, **settings)
+    floor = yardsticks.flop_floor(users * samples_each, steps)
+    ratio = served / inside if served else None
+    report.figure(f"{key}_in_process_s", inside)
+    report.figure(f"{key}_flop_floor_s", floor)
+    report.figure(f"{key}_served_over_in_process", ratio,
+                  f"    the same work in this process (network server alone, no HTTP, no scores, no frames): "
+                  f"{inside:.2f} s; served p95 / in-process = {f'{ratio:.2f}x' if ratio else '—'}; FLOP floor "
+                  f"{floor:.2f} s ({users * samples_each * steps} evaluations x {yardsticks.gflop_per_evaluation:.3f} "
+                  f"GFLOP at {yardsticks.fp32_gflops:.0f} GFLOP/s fp32)")
+    return served, floor
+
+
+def frames_shown(results: list[dict]) -> list[int]:
+    """The denoising steps each animation showed while it ran: its updates, less x_T (step 0)."""
+    return [r["updates"] - 1 for r in results]
+
+
+def fairness(url: str, report: Report, users: int, abusers: int, seconds: float) -> list[dict]:
+    """10 users' /generate alone, then again while `abusers` clients loop maximum-size requests; returns the
+    users' results."""
     normal = [Student(url, f"198.51.100.{i + 1}") for i in range(users)]
     unloaded = together([(s, *grid()) for s in normal])
     report.figure("fairness_unloaded", unloaded, describe(unloaded, f"{users} users' grids, nobody else"))
@@ -181,6 +180,7 @@ def fairness(url: str, report: Report, users: int, abusers: int, seconds: float)
     base, under_load = p95(unloaded, "done"), p95(loaded, "done")
     report.bar("fairness_ratio", under_load / base if base and under_load else None, 3.0, "×",
                f"{users} users' /generate p95 under {abusers} abusive clients, over its unloaded value")
+    return unloaded + loaded
 
 
 def main() -> int:
@@ -188,52 +188,80 @@ def main() -> int:
     p.add_argument("--users", type=int, default=30)
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS,
                    help="which to run (default: all; the memory bar is checked only after all of them)")
-    p.add_argument("--app-args", nargs="*", default=[], help="extra arguments for app.py (e.g. --device cuda)")
+    p.add_argument("--app-args", nargs="*", default=[], help="extra arguments for app.py (e.g. --no-bf16)")
     args = p.parse_args()
     report = Report("class")
+    bf16 = False if "--no-bf16" in args.app_args else True if "--bf16" in args.app_args else None
+    bf16_used = bf16 if bf16 is not None else bf16_is_fast()
+    report.figure("cpu", {"flags": cpu_flags(), "bf16_used": bf16_used, "app_args": args.app_args},
+                  f"CPU: {machine_line()}; the network in {'bfloat16' if bf16_used else 'float32'}")
+    yardsticks = Yardsticks(bf16)
+    report.figure("fp32_matmul_gflops", yardsticks.fp32_gflops,
+                  f"float32 matrix multiply: {yardsticks.fp32_gflops:.0f} GFLOP/s; one network evaluation "
+                  f"{yardsticks.gflop_per_evaluation:.3f} GFLOP")
     port = free_port()
-    process, _ = start_app(port, args=tuple(args.app_args))
+    log_path = PARTIAL_LOGS / f"bench_class-app-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("w")
+    process, _ = start_app(port, args=tuple(args.app_args), log=log)
     url = f"http://127.0.0.1:{port}/"
     students = [Student(url, f"192.0.2.{i + 1}") for i in range(args.users)]
+    everything: list[dict] = []
     try:
-        students[0].call("generate", seed=next(SEEDS))  # warm-up, not measured: it also starts loading CLIP,
-        students[0].call("reverse_process", seed=next(SEEDS))  # which the class arrives after (as in bench_app)
+        everything.append(students[0].call(*grid()))  # warm-up, not measured: it also starts loading CLIP,
+        everything.append(students[0].call(*animation(3)))  # which the class arrives after (as in bench_app)
         wait_for_clip(students[0])
         time.sleep(SETTLE_S)  # as before the last measurement: the warm-up's freed memory goes back first
         rss_start = report.figure("rss_start_mb", rss_mb(process.pid))
 
         run = set(args.scenarios)
         if "alone" in run:
-            one_user_alone(students[0], report)
+            everything += one_user_alone(students[0], report)
         if "animations" in run:
             results = together([(s, *animation(i % 10)) for i, s in enumerate(students)])
+            everything += results
             report.figure("animations_defaults", results, describe(results, f"{args.users} animations at the defaults"))
+            set_against(report, "animations", results, yardsticks, args.users, 1, DEFAULT_STEPS, None,
+                        guidance=DEFAULT_GUIDANCE, sampler=DEFAULT_SAMPLER)
+            shown = frames_shown(results)
+            report.figure("animations_steps_shown", shown, f"    steps shown while running: min {min(shown)}, "
+                                                           f"median {percentile(shown, 50):.0f} of {DEFAULT_STEPS}")
             report.bar("animations_first_p95", p95(results, "first"), 1.5, "s",
                        f"{args.users} simultaneous animations: first frame p95")
             report.bar("animations_done_p95", p95(results, "done"), 3.0, "s",
                        f"{args.users} simultaneous animations: finished p95")
+            report.bar("animations_steps_shown_min", min(shown), 8, "steps", f"{args.users} simultaneous "
+                       f"animations: the fewest of the {DEFAULT_STEPS} steps a student saw", at_least=True)
         if "grids" in run:
             results = together([(s, *grid()) for s in students])
+            everything += results
             report.figure("grids", results, describe(results, f"{args.users} grids"))
-            floor = compute_floor(args.users, list(range(10)), guidance=DEFAULT_GUIDANCE, sampler=DEFAULT_SAMPLER,
-                                  num_inference_steps=DEFAULT_STEPS)
-            report.figure("grids_compute_floor_s", floor, f"    compute floor (the network server alone, no HTTP, "
-                                                          f"no scores, in this process): {floor:.2f} s")
-            report.bar("grids_p95", p95(results, "done"), 3.0, "s", f"{args.users} simultaneous 10-digit grids: p95")
+            served, floor = set_against(report, "grids", results, yardsticks, args.users, 10, DEFAULT_STEPS,
+                                        list(range(10)), guidance=DEFAULT_GUIDANCE, sampler=DEFAULT_SAMPLER)
+            if bf16_used:
+                report.bar("grids_p95", served, 3.0, "s", f"{args.users} simultaneous 10-digit grids: p95")
+            else:
+                report.bar("grids_p95_over_flop_floor", served / floor if served else None, 2.0, "x",
+                           f"{args.users} simultaneous 10-digit grids: p95 over the fp32 FLOP floor")
         ddpm = {"sampler": "ddpm", "steps": 500}
         if "ddpm" in run:
             results = together([(s, *animation(i % 10, **ddpm)) for i, s in enumerate(students)])
+            everything += results
             report.figure("animations_ddpm500", results, describe(results, f"{args.users} ddpm-500 animations"))
-            floor = compute_floor(args.users, None, sampler="ddpm", num_inference_steps=500)
-            report.figure("ddpm500_compute_floor_s", floor, f"    compute floor (the network server alone, no HTTP, "
-                                                            f"no frames, in this process): {floor:.1f} s")
-            report.bar("ddpm500_done_p95", p95(results, "done"), 20.0, "s",
-                       f"{args.users} simultaneous ddpm-500 animations: finished p95")
+            served, floor = set_against(report, "ddpm500", results, yardsticks, args.users, 1, 500, None,
+                                        sampler="ddpm")
+            if bf16_used:
+                report.bar("ddpm500_done_p95", served, 20.0, "s",
+                           f"{args.users} simultaneous ddpm-500 animations: finished p95")
+            else:
+                report.bar("ddpm500_done_p95_over_flop_floor", served / floor if served else None, 2.0, "x",
+                           f"{args.users} simultaneous ddpm-500 animations: finished p95 over the fp32 FLOP floor")
         if "mixed" in run:
             mixed = ([(students[i], *animation(i, **ddpm)) for i in range(10)]
                      + [(students[10 + i], *animation(i % 10)) for i in range(20)]
                      + [(Student(url, f"192.0.2.{100 + i}"), *grid()) for i in range(30)])
             results = together(mixed)
+            everything += results
             report.figure("mixed", {"ddpm": results[:10], "defaults": results[10:30], "grids": results[30:]},
                           "\n".join(describe(part, name) for part, name in ((results[:10], "mixed: 10 ddpm-500"),
                                                                             (results[10:30], "mixed: 20 defaults"),
@@ -241,7 +269,7 @@ def main() -> int:
             report.bar("mixed_defaults_done_p95", p95(results[10:30], "done"), 5.0, "s",
                        "mixed load: the 20 default animations finished p95")
         if "fairness" in run:
-            fairness(url, report, users=10, abusers=4, seconds=3.0)
+            everything += fairness(url, report, users=10, abusers=4, seconds=3.0)
         if run == set(SCENARIOS):
             time.sleep(SETTLE_S)  # the last responses are written; the server gives freed memory back
             rss_end = report.figure("rss_end_mb", rss_mb(process.pid))
@@ -249,7 +277,24 @@ def main() -> int:
                        "the app's RSS after all this, over its start")
     finally:
         stop(process)
+        log.close()
+        yardsticks.close()
+    failed = [f for r in everything for f in r.get("failed_fetches", [])]
+    report.figure("files_fetched", sum(r.get("files", 0) for r in everything))
+    report.bar("failed_fetches", len(failed), 0, "fetches", f"files that did not arrive whole, of "
+               f"{report.figures['files_fetched']} fetched" + (f" (first: {failed[0]})" if failed else ""))
+    exceptions = exceptions_in_log(log_path.read_text())
+    report.bar("app_log_exceptions", len(exceptions), 0, "lines", "exceptions in the app's log"
+               + (f" (first: {exceptions[0][:200]})" if exceptions else ""))
     return report.finish(partial=set(args.scenarios) != set(SCENARIOS))
+
+
+def machine_line() -> str:
+    """The CPU's model, cores and the flags the network's speed depends on, in one line."""
+    from devtools.bench import machine
+
+    info = machine()
+    return f"{info.get('cpu_model', '?')}, {info['cpus']} cores, flags {' '.join(info['cpu_flags']) or 'none'}"
 
 
 def wait_for_clip(student: "Student", timeout: float = 120.0) -> None:
@@ -264,14 +309,15 @@ def wait_for_clip(student: "Student", timeout: float = 120.0) -> None:
         time.sleep(0.5)
 
 
-def one_user_alone(student: "Student", report: Report) -> None:
-    alone = [student.call(*grid()) for _ in range(5)]
+def one_user_alone(student: "Student", report: Report) -> list[dict]:
+    grids = alone = [student.call(*grid()) for _ in range(5)]
     report.figure("alone_grid", alone, describe(alone, "one user alone, a 10-digit grid"))
     report.bar("alone_grid_median", sorted(r["done"] for r in alone)[2], 0.2, "s", "one user alone: grid (median)")
     alone = [student.call(*animation(i)) for i in range(5)]
     report.figure("alone_animation", alone, describe(alone, "one user alone, an animation"))
     report.bar("alone_first_frame_median", sorted(r["first"] for r in alone)[2], 0.1, "s",
                "one user alone: first frame (median)")
+    return grids + alone
 
 
 if __name__ == "__main__":

@@ -46,10 +46,56 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # the ones the network's speed depends on
+
+
+def cpu_flags() -> list[str]:
+    """Which of CPU_FLAGS this CPU has (Linux /proc/cpuinfo; [] where it cannot be read)."""
+    try:
+        line = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    have = set(line.split(":", 1)[1].split())
+    return [flag for flag in CPU_FLAGS if flag in have]
+
+
+def matmul_gflops(dtype=None, size: int = 2048, rounds: int = 3, min_seconds: float = 0.5) -> float:
+    """This CPU's matrix-multiply rate in GFLOP/s (2·n³ per n×n product) at torch's thread count, float32 by
+    default: the yardstick that every network figure is divided by (`network_gflop` / this = the floor).
+    The best of a few rounds: what the CPU can do, not what a moment of other work left it."""
+    import torch
+
+    dtype = dtype or torch.float32
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # warm-up
+    rates = []
+    for _ in range(rounds):
+        count, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < min_seconds:
+            a @ b
+            count += 1
+        rates.append(2 * size**3 * count / elapsed / 1e9)
+    return max(rates)
+
+
+def network_gflop(model) -> float:
+    """GFLOP of one network evaluation of one sample (convolutions, linear layers, attention), counted by
+    torch's FlopCounterMode on a batch of one at t = T/2."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(model.parameters())
+    x = torch.zeros(1, model.config.image_channels, 28, 28, dtype=p.dtype, device=p.device)
+    t, label = torch.full((1,), 250, device=p.device), torch.zeros(1, dtype=torch.long, device=p.device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x, t, label)
+    return counter.get_total_flops() / 1e9
+
+
 def machine() -> dict:
-    """What the figures depend on: CPUs, their model, memory, load, Python and torch."""
+    """What the figures depend on: CPUs, their model and flags, memory, load, Python and torch."""
     info = {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(), "cpu_flags": cpu_flags()}
     try:
         info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                                  if line.startswith("model name"))

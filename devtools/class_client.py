@@ -16,7 +16,7 @@ import time
 
 import httpx
 
-FILE_REFERENCE = re.compile(r"gradio_api/file=[^\"'()\s<>]+")  # a file named inside HTML (the player's sheets)
+FILE_REFERENCE = re.compile(r"gradio_api/file=[^\"'()\s<>&]+")  # a file named inside HTML (the player's sheets)
 
 
 def file_urls(value, base_url: str) -> list[str]:

@@ -61,6 +61,7 @@ def test_file_urls_finds_file_data_and_files_named_in_html():
     base = "http://127.0.0.1:1/"
     update = [{"path": "/c/a.png", "url": base + "gradio_api/file=/c/a.png", "meta": {"_type": "gradio.FileData"}},
               '<i style="background-image: url(gradio_api/file=/w/player-1-x0.png)"></i>', None, 3,
+              '<div style="--sheet: url(&quot;gradio_api/file=/w/player-1-x0.png&quot;)"></div>',
               {"value": {"url": base + "gradio_api/file=/c/a.png"}}]
     assert file_urls(update, base) == [base + "gradio_api/file=/c/a.png", base + "gradio_api/file=/w/player-1-x0.png"]
 
