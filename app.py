@@ -54,7 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pretrained tag or local weights file (default: $DIFFUSION_CLIP_PRETRAINED or "
                         "laion2b_s34b_b79k)")
     p.add_argument("--device", default=os.environ.get("DIFFUSION_DEVICE", "cpu"),
-                   help="where the network runs: cpu (default), cuda or cuda:N ($DIFFUSION_DEVICE)")
+                   help="where the network runs: cpu (default), cuda, cuda:N, mps, or auto: cuda, then mps, then "
+                        "cpu ($DIFFUSION_DEVICE). A ZeroGPU Space needs none: the app finds its GPU")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=env_bool("DIFFUSION_BF16"),
                    help="run the network in bfloat16 (default: $DIFFUSION_BF16=0/1, else where it is faster)")
     return p.parse_args(argv)
@@ -75,6 +76,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     set_environment()
     import ui  # gradio is imported here, after the environment is set
+    from diffusion.devices import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"app.py: {e}") from None
 
     # Many handler threads share one Python: hand the interpreter over sooner (default 5 ms), so the network
     # server's thread, which takes it back after every torch op, is not kept waiting by the others.

@@ -284,8 +284,11 @@ def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
     """Whether bfloat16 runs faster than float32 here: on a GPU, or on a CPU whose oneDNN has
     bfloat16 kernels (AVX512-BF16 / AMX; about 2× faster for this net). Elsewhere bfloat16 is
     emulated and slow. (The app's and the command lines' --bf16 / --no-bf16 override it.)"""
-    if torch.device(device).type == "cuda":
+    kind = torch.device(device).type
+    if kind == "cuda":
         return True
+    if kind != "cpu":  # mps: float32 (its bfloat16 support depends on the macOS version)
+        return False
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 

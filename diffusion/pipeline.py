@@ -20,6 +20,7 @@ import torch
 from .checkpoints import DEFAULT_UNET, load_module
 from .editing import prepare_run
 from .data import to_uint8
+from .devices import resolve_device
 from .model import ClassConditionalUNet, bf16_is_fast, build_unet
 from .requests import (DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_INTERVAL, DEFAULT_SAMPLER, DEFAULT_STEPS,
                        SamplingRequest, check_edit_request, check_sampling_request)
@@ -63,11 +64,15 @@ class DigitDiffusion:
                                       classifier_scale=classifier_scale,
                                       num_train_steps=self.num_train_steps)
 
-    def run(self, request: SamplingRequest, x0_score=None, x0_scale: float = 0.0) -> Iterator[SamplerStep]:
+    def run(self, request: SamplingRequest, x0_score=None, x0_scale: float = 0.0,
+            include_start: bool = False) -> Iterator[SamplerStep]:
         """Yield a `SamplerStep` (x_t and x̂_0, float [B,1,28,28] in [-1,1]) after each step of a checked request.
-        x0_score, x0_scale: guidance by a judge of x̂_0, e.g. CLIP toward prompts (`sampling.x0_guided_eps`)."""
+        x0_score, x0_scale: guidance by a judge of x̂_0, e.g. CLIP toward prompts (`sampling.x0_guided_eps`).
+        include_start: first yield step 0, x_T itself (x0 None), as the network server does."""
         generator = torch.Generator().manual_seed(request.seed)
         sampler, x_T = prepare_run(request, self.schedule, generator, next(self.model.parameters()).device)
+        if include_start:
+            yield SamplerStep(index=0, total=len(sampler.timesteps), t=sampler.timesteps[0], x=x_T, x0=None)
         yield from sample_steps(self.model, self.schedule, torch.tensor(request.digits), guidance=request.guidance,
                                 sampler=sampler, x_T=x_T, generator=generator,
                                 guidance_interval=request.guidance_interval, judge=self.judge,
@@ -119,13 +124,15 @@ class DigitDiffusion:
 
 def load_pipeline(checkpoint: str | Path = DEFAULT_UNET, bf16: bool | None = None,
                   device: str | torch.device = "cpu", judge=None) -> DigitDiffusion:
-    """Load a diffusion checkpoint (default: the shipped one) into a `DigitDiffusion` on `device`.
+    """Load a diffusion checkpoint (default: the shipped one) into a `DigitDiffusion` on `device` (cpu, cuda[:N],
+    mps or auto: see `devices.resolve_device`; ValueError where it is not here).
 
     bf16: run the network in bfloat16 (about 2× faster where the CPU has bf16 kernels; the
     sampler's arithmetic stays float32). None = where `bf16_is_fast(device)`. A float32 network is
     stored channels-last instead, which oneDNN's float32 convolutions run ~25% faster (same numbers).
     judge: a noise-aware classifier (`classifier.load_noise_classifier()`) for classifier guidance.
     """
+    device = resolve_device(str(device))
     model, config = load_module(checkpoint, build_unet, kind="diffusion-unet")
     model = model.to(device)
     if bf16 if bf16 is not None else bf16_is_fast(device):

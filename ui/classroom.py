@@ -32,6 +32,7 @@ from diffusion.requests import (BEST_OF, CLIP_GUIDANCE_SCALE, DEFAULT_CLASSIFIER
 from diffusion.scoring import (DIGIT_PROMPTS, ClassifierScores, ClipScores, ClipUnavailable, LazyClip, best_of_n,
                                classifier_scores, noisy_image_scores)
 from diffusion.server import NetworkServer
+from diffusion.zerogpu import GpuSampling, on_zerogpu
 
 from .settings import (CLASSIFIER_CHUNK_ROWS, HANDLER_NICENESS, MAX_CHUNKED_CLASSIFIER_ROWS, MAX_IN_FLIGHT_PER_CLIENT,
                        MAX_RUN_STORE_BYTES, MAX_SAMPLES, MAX_WORK)
@@ -259,11 +260,14 @@ class ResultCache:
 class Classroom:
     """The loaded models and the services the tabs share."""
 
-    def __init__(self, pipe: DigitDiffusion, classifier, clip: LazyClip, classifier_config: dict, noise_classifier):
+    def __init__(self, pipe: DigitDiffusion, classifier, clip: LazyClip, classifier_config: dict, noise_classifier,
+                 gpu_pipe: DigitDiffusion | None = None):
         self.pipe, self.classifier, self.clip, self.classifier_config = pipe, classifier, clip, classifier_config
         self.noise_classifier = noise_classifier  # reads noisy x_t: says when a digit becomes recognisable
         # every sampling request shares it; the noise-aware classifier steers requests with classifier guidance
         self.server = NetworkServer(pipe.model, pipe.schedule, warm_up=True, judge=noise_classifier)
+        if gpu_pipe is not None:  # a ZeroGPU Space: each request on a GPU, the CPU's server when none comes
+            self.server = GpuSampling(gpu_pipe, self.server, on_cpu_fallback=gr.Warning)
         self._clip_lock = threading.Lock()  # one CLIP evaluation at a time: it is the heaviest network here
         self.work_folder = Path(tempfile.mkdtemp(prefix="mnist-diffusion-app-"))  # GIFs and plots
         self.shipped_images, self.shipped_labels = load_shipped_digits()
@@ -376,11 +380,15 @@ def load_classroom(unet: str, classifier: str, clip_model: str | None, clip_pret
                    device: str = "cpu", bf16: bool | None = None,
                    noise_classifier: str = str(DEFAULT_NOISE_CLASSIFIER)) -> Classroom:
     """Load the checkpoints (CLIP only later, in the background, when first needed)."""
-    pipe = load_pipeline(unet, bf16=bf16, device=device)
+    zerogpu = on_zerogpu()  # the tabs' own network calls stay on the CPU; sampling requests go to the GPU
+    pipe = load_pipeline(unet, bf16=bf16, device="cpu" if zerogpu else device)
     noise_aware = load_noise_classifier(noise_classifier)
     if noise_aware.schedule.to_config() != pipe.schedule.to_config():
         raise ValueError(f"the noise-aware classifier {noise_classifier} was trained for another noise schedule "
                          f"({noise_aware.schedule.to_config()}) than the diffusion model's ({pipe.schedule.to_config()})")
     pipe.judge = noise_aware  # the Python API's edits and classifier guidance match the server's
+    gpu_pipe = None
+    if zerogpu:  # put on "cuda" at start, as ZeroGPU asks (the real weights move in each GPU call)
+        gpu_pipe = load_pipeline(unet, device="cuda", judge=load_noise_classifier(noise_classifier).to("cuda"))
     return Classroom(pipe, load_classifier(classifier), LazyClip(clip_model, clip_pretrained), read_config(classifier),
-                     noise_aware)
+                     noise_aware, gpu_pipe)
