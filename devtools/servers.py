@@ -22,15 +22,16 @@ def free_port() -> int:
 
 
 def start_app(port: int, extra_env: dict | None = None, log=subprocess.DEVNULL, args: tuple = (),
-              timeout: float = 120.0) -> tuple[subprocess.Popen, float]:
-    """Start `python app.py` with its port in $PORT, as a Space starts it; returns (process, seconds until
-    it answered HTTP 200 on /). CLIP is pointed at a missing file unless extra_env says otherwise."""
+              timeout: float = 120.0, root: Path = ROOT) -> tuple[subprocess.Popen, float]:
+    """Start `python app.py` (in `root`: this repo, or a Space bundle) with its port in $PORT, as a Space starts
+    it; returns (process, seconds until it answered HTTP 200 on /). CLIP is pointed at a missing file unless
+    extra_env says otherwise."""
     env = {**os.environ, "PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "HF_HUB_OFFLINE": "1",
            "GRADIO_ANALYTICS_ENABLED": "False", "DIFFUSION_CLIP_PRETRAINED": "/nonexistent/clip.safetensors",
            **(extra_env or {})}
     env.pop("GRADIO_SERVER_PORT", None)
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=env, stdout=log,
+    process = subprocess.Popen([sys.executable, "app.py", *args], cwd=root, env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     while True:

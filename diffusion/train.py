@@ -13,8 +13,9 @@ the shipped model learns to take one step where it takes several (see `student.p
 
 Writes (all under --out, default checkpoints/unet):
     unet.safetensors/.json                the EMA weights + config: what the app ships
-    unet.train_state.safetensors/.json    raw weights, optimiser moments, step: for --resume
-                                          (with the EMA weights above; each file stays under 15 MB)
+    unet.train_state.safetensors/.json    raw weights and step, and
+    unet.train_state.optimizer.*          the optimiser's moments: for --resume (with the EMA weights
+                                          above; each file stays under 10 MB)
     <log dir>/loss.csv, loss.png          the training loss, and the loss of the EMA weights on a fixed
                                           set of training and of held-out (test) images after every epoch
     <log dir>/samples_epoch_NNN.png       a sample grid after every epoch
@@ -237,7 +238,7 @@ def start_run(args: argparse.Namespace, world: int, device: torch.device) -> Run
     ema = EMA(model, args.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     if resume:
-        tensors = read_tensors(state_stem)
+        tensors = read_train_state(state_stem)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         ema.shadow = {k: v.to(device) for k, v in read_tensors(args.out).items()}  # the shipped weights are the EMA
         ema.num_updates = config["training"]["steps"]
@@ -350,12 +351,27 @@ def save_snapshot(run: Run, epochs: float, losses: list[float], fixed_sets: dict
                     {k: v.to(torch.float16) for k, v in run.ema.shadow.items()}, config)
 
 
+def optimizer_stem(state_stem: Path) -> Path:
+    """Where a run's optimiser moments go: beside its raw weights, a file of their own, so that each file stays
+    under 10 MB (a Hugging Face Space, and this repository, take no larger plain files)."""
+    return Path(str(state_stem) + ".optimizer")
+
+
 def save_run(run: Run) -> None:
+    """The EMA weights (what the app loads), and what --resume needs: the raw weights, and the optimiser."""
     save_checkpoint(run.args.out, run.ema.shadow, run.config)
     optim_tensors, groups = _flatten_optimizer(run.opt)
-    tensors = {**{f"model.{k}": v for k, v in run.model.state_dict().items()}, **optim_tensors}
-    save_checkpoint(run.state_stem, tensors, {**run.config, "kind": "diffusion-train-state",
-                                              "optimizer_param_groups": groups})
+    save_checkpoint(optimizer_stem(run.state_stem), optim_tensors, {"kind": "diffusion-train-state-optimizer"})
+    save_checkpoint(run.state_stem, {f"model.{k}": v for k, v in run.model.state_dict().items()},
+                    {**run.config, "kind": "diffusion-train-state", "optimizer_param_groups": groups})
+
+
+def read_train_state(state_stem: Path) -> dict[str, torch.Tensor]:
+    """The raw weights (model.*) and optimiser moments (optim.*) of a saved run; older runs kept both in one file."""
+    tensors = read_tensors(state_stem)
+    if checkpoint_paths(optimizer_stem(state_stem))[0].is_file():
+        tensors.update(read_tensors(optimizer_stem(state_stem)))
+    return tensors
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
