@@ -43,7 +43,8 @@ def file_urls(value, base_url: str) -> list[str]:
 
 class Student:
     """One student's HTTP client. `call` returns {'first': s to the first streamed output, 'done': s to the end,
-    'ok': bool, 'error': str, 'updates': streamed outputs, 'files': files fetched, 'failed_fetches': [errors]}."""
+    'ok': bool, 'error': str, 'updates': streamed outputs, 'update_times': s to each, 'files': files fetched,
+    'failed_fetches': [errors]}."""
 
     def __init__(self, url: str, address: str, fetch_files: bool = True):
         self.url, self.fetch_files = url, fetch_files
@@ -57,7 +58,8 @@ class Student:
         values = {**(values or {}), **more}
         posted = self.http.post(f"{self.url}gradio_api/call/{api_name}", json={"data": self.data(api_name, values)})
         posted.raise_for_status()
-        result = {"first": None, "ok": False, "error": "", "updates": 0, "files": 0, "failed_fetches": []}
+        result = {"first": None, "ok": False, "error": "", "updates": 0, "update_times": [], "files": 0,
+                  "failed_fetches": []}
         with self.http.stream("GET", f"{self.url}gradio_api/call/{api_name}/{posted.json()['event_id']}") as s:
             event = None
             for line in s.iter_lines():
@@ -68,6 +70,7 @@ class Student:
                     result["ok"] = event == "complete"
                 elif line.startswith("data: ") and event in ("generating", "complete"):
                     result["updates"] += 1
+                    result["update_times"].append(time.perf_counter() - start)
                     if self.fetch_files:
                         self.fetch(json.loads(line[6:]), result)
                 elif line.startswith("data: ") and event == "error":

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .bench import RESULTS
+from .bench import CPU_FLAGS, RESULTS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- figures:start (python -m devtools.readme) -->", "<!-- figures:end -->"
@@ -32,7 +32,8 @@ def figures_block(results: Path = RESULTS) -> str:
             lines.append(f"| `python -m benchmarks.bench_{name}{OPTIONS.get(name, '')}` | {bar['what']} | {measured} | {limit} | "
                          f"{'yes' if bar['met'] else '**no**'} |")
         m = report["machine"]
-        machines.append(f"`{name}`: {report['date']}, {m.get('cpus')} CPUs ({m.get('cpu_model', '?')}), "
+        flags = f", flags {' '.join(m['cpu_flags']) or 'none of ' + '/'.join(CPU_FLAGS)}" if "cpu_flags" in m else ""
+        machines.append(f"`{name}`: {report['date']}, {m.get('cpus')} CPUs ({m.get('cpu_model', '?')}{flags}), "
                         f"load {m.get('load_average_1min')}, torch {m.get('torch', '?')}")
     return "\n".join(lines + ["", "Measured on: " + "; ".join(machines) + "."]) if machines else "(no results yet)"
 
