@@ -330,16 +330,9 @@ class SDEDPMSolverPP2M(DPMSolverPP2M):
         if s == 0:
             return x0
         ab_t, ab_s, h, d = self.second_order(x0, t, s)
-        keep_x, noise_scale = self.coefficients(t, s)
-        return keep_x * x + ab_s**0.5 * (-math.expm1(-2 * h)) * d + noise_scale * randn_like(x, generator)
-
-    def coefficients(self, t: int, s: int) -> tuple[float, float]:
-        """(σ_s/σ_t·e^{-h}, σ_s·√(1 − e^{-2h})): how much of x_t a step t -> s > 0 keeps, and how much fresh
-        noise it adds. (A distilled student's training follows the noise through a run with them.)"""
-        ab_t, ab_s = self.schedule.alpha_bar[t].item(), self.schedule.alpha_bar[s].item()
-        h = 0.5 * (self.log_snr[s] - self.log_snr[t]).item()
         sigma_t, sigma_s = (1 - ab_t) ** 0.5, (1 - ab_s) ** 0.5
-        return sigma_s / sigma_t * math.exp(-h), sigma_s * (-math.expm1(-2 * h)) ** 0.5
+        return (sigma_s / sigma_t * math.exp(-h)) * x + ab_s**0.5 * (-math.expm1(-2 * h)) * d \
+            + sigma_s * (-math.expm1(-2 * h)) ** 0.5 * randn_like(x, generator)
 
 
 SAMPLER_CLASSES: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDPM, DDIM, DPMSolverPP2M, SDEDPMSolverPP2M)}

@@ -9,7 +9,7 @@ from diffusion.data import synthetic_digits, to_model_range
 from diffusion.model import add_guidance_head, build_unet
 from diffusion.sampling import make_sampler, span_timesteps
 from diffusion.schedules import NoiseSchedule
-from diffusion.student import StudentPlan, student_loss, student_spans, teacher_transition
+from diffusion.student import StudentPlan, student_loss, student_spans, teacher_transition, x0_target
 from test_training import TINY, _run
 
 
@@ -37,12 +37,12 @@ def test_span_timesteps_split_a_span_evenly_and_refuse_impossible_ones():
         span_timesteps((3, 5), 1)
 
 
-def test_student_spans_are_the_ddpm_samplers_steps_ending_at_the_clean_image(guided_teacher):
+def test_student_spans_are_the_ddim_samplers_steps_ending_at_the_clean_image(guided_teacher):
     _, schedule = guided_teacher
     spans = student_spans(schedule, 6)
-    ddpm = make_sampler("ddpm", schedule, 6)
-    assert [t for t, _ in spans] == ddpm.timesteps
-    assert [s for _, s in spans] == ddpm.timesteps[1:] + [0]
+    ddim = make_sampler("ddim", schedule, 6)
+    assert [t for t, _ in spans] == ddim.timesteps
+    assert [s for _, s in spans] == ddim.timesteps[1:] + [0]
 
 
 def test_a_sampler_over_a_span_stops_at_its_end(guided_teacher):
@@ -57,48 +57,37 @@ def test_a_sampler_over_a_span_stops_at_its_end(guided_teacher):
     assert solver.timesteps == [30, 24, 18] and times == [24, 18, 12]
 
 
-def _transitions(teacher, schedule, span, substeps, seeds, rows=64):
-    """The estimate (noise taken out) and the raw end point of the teacher's run, over several seeds."""
-    x_t = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(42)).repeat(rows, 1, 1, 1)
-    labels, w = torch.full((rows,), 3), torch.full((rows,), 0.5)
-    estimates, raw = [], []
-    for seed in seeds:
-        estimates.append(teacher_transition(teacher, schedule, x_t, span, labels, w, substeps,
-                                            torch.Generator().manual_seed(seed)))
-        solver, x, g = make_sampler("dpm++2m-sde", schedule, substeps, span=span), x_t, torch.Generator().manual_seed(seed)
-        from diffusion.sampling import guided_eps
-        for t in solver.timesteps:
-            x = solver.step(guided_eps(teacher, x, torch.full((rows,), t), labels, w), t, x, g).x
-        raw.append(x)
-    return torch.cat(estimates), torch.cat(raw)
-
-
-def test_one_teacher_step_gives_its_mean_exactly(guided_teacher):
-    """With one teacher step the only randomness is the noise it adds, so the estimate has none left."""
+def test_the_teacher_transition_is_its_sampler_run_over_the_span(guided_teacher):
+    from diffusion.sampling import guided_eps
     teacher, schedule = guided_teacher
-    estimates, raw = _transitions(teacher, schedule, (40, 30), 1, seeds=[0, 1])
-    assert raw.std(0).mean() > 0.1                      # the runs themselves differ ...
-    assert torch.allclose(estimates, estimates[:1].expand_as(estimates), atol=1e-5)  # ... their estimates do not
+    x_t, labels, w = torch.randn(3, 1, 28, 28), torch.tensor([1, 4, 9]), torch.tensor([0.0, 0.5, 2.0])
+    got = teacher_transition(teacher, schedule, x_t, (40, 20), labels, w, 4)
+    solver, x = make_sampler("dpm++2m", schedule, 4, span=(40, 20)), x_t
+    for t in solver.timesteps:
+        x = solver.step(guided_eps(teacher, x, torch.full((3,), t), labels, w), t, x).x
+    torch.testing.assert_close(got, x)
+    torch.testing.assert_close(teacher_transition(teacher, schedule, x_t, (40, 20), labels, w, 4), got)  # no noise
 
 
-def test_the_estimate_has_the_runs_mean_and_far_less_spread(guided_teacher):
-    """Several teacher steps: the estimate agrees with the mean of many raw runs (unbiased) and varies less."""
+def test_the_target_makes_one_ddim_step_land_where_the_teacher_landed(guided_teacher):
     teacher, schedule = guided_teacher
-    estimates, raw = _transitions(teacher, schedule, (40, 20), 4, seeds=range(8))
-    assert estimates.std(0).mean() < 0.6 * raw.std(0).mean()
-    standard_error = raw.std(0) / len(raw) ** 0.5
-    gap = (estimates.mean(0) - raw.mean(0)).abs()
-    assert (gap < 4 * standard_error + 1e-4).float().mean() > 0.99
+    x_t, labels, w = torch.randn(2, 1, 28, 28), torch.tensor([3, 8]), torch.full((2,), 0.6)
+    x_s = teacher_transition(teacher, schedule, x_t, (45, 30), labels, w, 3)
+    x0 = x0_target(schedule, x_t, x_s, 45, 30)
+    eps = (x_t - schedule.scales(45)[0] * x0) / schedule.scales(45)[1]  # the ε that goes with that x̂_0
+    step = make_sampler("ddim", schedule, 1, span=(45, 30), clip_x0=False).step(eps, 45, x_t)
+    torch.testing.assert_close(step.x, x_s, atol=1e-4, rtol=1e-4)
 
 
 def test_the_last_span_gives_the_teachers_clean_image(guided_teacher):
     teacher, schedule = guided_teacher
     x_t = torch.randn(4, 1, 28, 28)
     labels, w = torch.tensor([0, 1, 2, 3]), torch.zeros(4)
-    got = teacher_transition(teacher, schedule, x_t, (1, 0), labels, w, 4, torch.Generator().manual_seed(0))
-    solver = make_sampler("dpm++2m-sde", schedule, 1, span=(1, 0))
+    got = teacher_transition(teacher, schedule, x_t, (1, 0), labels, w, 4)
+    solver = make_sampler("dpm++2m", schedule, 1, span=(1, 0))
     expected = solver.step(teacher(x_t, torch.ones(4, dtype=torch.long), labels), 1, x_t).x
     torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(x0_target(schedule, x_t, got, 1, 0), got)
 
 
 def test_a_student_that_is_its_teacher_is_off_and_training_brings_it_closer(guided_teacher):
@@ -134,11 +123,11 @@ def test_cli_distils_a_few_step_student_and_resumes(tmp_path):
     cfg = json.loads((tmp_path / "student.json").read_text())
     assert cfg["training"]["steps"] == 8 and cfg["training"]["epochs"] == 2
     assert cfg["training"]["student"]["steps"] == 4  # the saved plan wins over the command line on --resume
-    assert cfg["sampling"] == {"sampler": "ddpm", "steps": 4}
+    assert cfg["sampling"] == {"sampler": "ddim", "steps": 4}
     assert (tmp_path / "student_logs" / "samples_epoch_002.png").stat().st_size > 0
     from diffusion.pipeline import load_pipeline
     pipe = load_pipeline(tmp_path / "student", bf16=False)
-    assert pipe.generate([3, 7], sampler="ddpm", num_inference_steps=4, seed=0).shape == (2, 28, 28)
+    assert pipe.generate([3, 7], sampler="ddim", num_inference_steps=4, seed=0).shape == (2, 28, 28)
 
 
 def test_a_student_needs_a_teacher_with_a_guidance_head(tmp_path):
