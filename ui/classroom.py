@@ -23,7 +23,10 @@ import gradio as gr
 import numpy as np
 import torch
 
-from diffusion.checkpoints import read_config
+from diffusion.checkpoints import load_module, read_config
+from diffusion.cpu_speed import CpuChoice, measure_cpu
+from diffusion.devices import resolve_device
+from diffusion.model import build_unet
 from diffusion.classifier import DEFAULT_NOISE_CLASSIFIER, load_classifier, load_noise_classifier
 from diffusion.data import load_shipped_digits, shipped_test_index, to_uint8
 from diffusion.pipeline import DigitDiffusion, load_pipeline
@@ -261,11 +264,13 @@ class Classroom:
     """The loaded models and the services the tabs share."""
 
     def __init__(self, pipe: DigitDiffusion, classifier, clip: LazyClip, classifier_config: dict, noise_classifier,
-                 gpu_pipe: DigitDiffusion | None = None):
+                 gpu_pipe: DigitDiffusion | None = None, cpu: CpuChoice | None = None):
         self.pipe, self.classifier, self.clip, self.classifier_config = pipe, classifier, clip, classifier_config
         self.noise_classifier = noise_classifier  # reads noisy x_t: says when a digit becomes recognisable
+        self.cpu = cpu  # what this CPU was measured to do (None: not measured, e.g. the network on a GPU)
         # every sampling request shares it; the noise-aware classifier steers requests with classifier guidance
-        self.server = NetworkServer(pipe.model, pipe.schedule, warm_up=True, judge=noise_classifier)
+        sizes = {} if cpu is None else {"lanes": cpu.lanes, "max_tick_rows": cpu.tick_rows}
+        self.server = NetworkServer(pipe.model, pipe.schedule, warm_up=True, judge=noise_classifier, **sizes)
         if gpu_pipe is not None:  # a ZeroGPU Space: each request on a GPU, the CPU's server when none comes
             self.server = GpuSampling(gpu_pipe, self.server, on_cpu_fallback=gr.Warning)
         self._clip_lock = threading.Lock()  # one CLIP evaluation at a time: it is the heaviest network here
@@ -381,7 +386,13 @@ def load_classroom(unet: str, classifier: str, clip_model: str | None, clip_pret
                    noise_classifier: str = str(DEFAULT_NOISE_CLASSIFIER)) -> Classroom:
     """Load the checkpoints (CLIP only later, in the background, when first needed)."""
     zerogpu = on_zerogpu()  # the tabs' own network calls stay on the CPU; sampling requests go to the GPU
-    pipe = load_pipeline(unet, bf16=bf16, device="cpu" if zerogpu else device)
+    device = "cpu" if zerogpu else str(resolve_device(device))
+    cpu = None
+    if device == "cpu":  # time the network on this CPU and choose its dtype, lanes and tick size from that
+        cpu = measure_cpu(load_module(unet, build_unet, kind="diffusion-unet")[0])
+        bf16 = cpu.bf16 if bf16 is None else bf16
+        print(cpu.line() + ("" if bf16 == cpu.bf16 else f"; bfloat16 {'on' if bf16 else 'off'} as asked"), flush=True)
+    pipe = load_pipeline(unet, bf16=bf16, device=device)
     noise_aware = load_noise_classifier(noise_classifier)
     if noise_aware.schedule.to_config() != pipe.schedule.to_config():
         raise ValueError(f"the noise-aware classifier {noise_classifier} was trained for another noise schedule "
@@ -391,4 +402,4 @@ def load_classroom(unet: str, classifier: str, clip_model: str | None, clip_pret
     if zerogpu:  # put on "cuda" at start, as ZeroGPU asks (the real weights move in each GPU call)
         gpu_pipe = load_pipeline(unet, device="cuda", judge=load_noise_classifier(noise_classifier).to("cuda"))
     return Classroom(pipe, load_classifier(classifier), LazyClip(clip_model, clip_pretrained), read_config(classifier),
-                     noise_aware, gpu_pipe)
+                     noise_aware, gpu_pipe, cpu)

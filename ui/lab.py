@@ -23,6 +23,7 @@ import torch
 from diffusion.checkpoints import CHECKPOINT_DIR
 from diffusion.data import to_uint8
 from diffusion.evaluate import difficulty_by_digit
+from diffusion.model import NUM_CLASSES
 from diffusion.recognisability import RECOGNISABLE_PROBABILITY, run_experiment
 from diffusion.requests import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffusion.sampling import SAMPLERS, guidance_components
@@ -31,7 +32,7 @@ from .classroom import Classroom, ResultCache, yield_to_the_network
 from .rendering import enlarge, new_figure
 from .settings import (ALL_DIGITS, EPS_IMAGE_RANGE, PROGRESS_INTERVAL_S, LAB_CONCURRENCY, LAB_FONT_PT, LAB_IMAGE_SCALE, LAB_RESULTS_KEPT,
                        MAX_DIFFICULTY_SAMPLES, MAX_GUIDANCE, MAX_RECOGNISABILITY_SEEDS, MAX_RECOGNISABILITY_WORK,
-                       MAX_WORK, MIN_GUIDANCE, RECOGNISABILITY_DEFAULTS, SAMPLING_CONCURRENCY, WHY_GRADUAL_STEPS)
+                       MAX_WORK, MIN_GUIDANCE, RECOGNISABILITY_BUDGET_S, RECOGNISABILITY_DEFAULTS, SAMPLING_CONCURRENCY, WHY_GRADUAL_STEPS)
 from .validation import checked_whole_number
 
 PIXELS = 28 * 28
@@ -136,12 +137,37 @@ def training_data_text() -> str:
             f"points short), and adding them to real digits does not hurt.")
 
 
+def default_recognisability_seeds(cpu) -> int:
+    """Runs per digit that /recognisability makes by default: the course's 20 where this CPU's network does the
+    ten digits' full ddpm runs within RECOGNISABILITY_BUDGET_S, fewer where it is slower (`cpu`: the app's
+    `cpu_speed.CpuChoice`; None, a GPU: the course's)."""
+    course = RECOGNISABILITY_DEFAULTS["seeds_per_digit"]
+    if cpu is None:
+        return course
+    runs = cpu.runs_within(RECOGNISABILITY_BUDGET_S, NUM_CLASSES * RECOGNISABILITY_DEFAULTS["steps"])
+    return max(1, min(course, runs))
+
+
+def seeds_note(cpu, seeds: int) -> str:
+    """One sentence: how many runs the measurement makes here by default, and what the course's setting costs."""
+    course = RECOGNISABILITY_DEFAULTS["seeds_per_digit"]
+    if cpu is None:
+        return f"The default is the course's setting: ddpm, 500 steps, {course} runs per digit."
+    evaluations = NUM_CLASSES * RECOGNISABILITY_DEFAULTS["steps"]
+    text = (f"On this machine the default is {seeds} run(s) per digit (ddpm, 500 steps: about "
+            f"{cpu.seconds(seeds * evaluations):.0f} s of network work at most)")
+    if seeds < course:
+        text += f"; the course's {course} would take about {cpu.seconds(course * evaluations):.0f} s"
+    return text + "."
+
+
 class LabTab:
     """Handlers (their parameter names are the API's) and the layout of the Lab tab."""
 
     def __init__(self, classroom: Classroom):
         self.classroom = classroom
         self.results = ResultCache(LAB_RESULTS_KEPT)
+        self.default_seeds = default_recognisability_seeds(classroom.cpu)
 
     # --- When is a digit recognisable? ------------------------------------------------------------------
     def recognisability(self, digit=ALL_DIGITS, seeds_per_digit=RECOGNISABILITY_DEFAULTS["seeds_per_digit"],
@@ -321,10 +347,10 @@ class LabTab:
             gr.Markdown(f"Many runs of each digit, each judged at every step by the **noise-aware classifier**, which "
                         f"reads the noisy x_t *and* its t (on pure noise it says ≈ 10 % for every digit). A run is "
                         f"recognisable from the first step where p(asked digit) ≥ {RECOGNISABLE_PROBABILITY:g}. "
-                        f"The course's setting (ddpm, 500 steps, 20 seeds per digit) takes about a minute.")
+                        + seeds_note(self.classroom.cpu, self.default_seeds))
             with gr.Row():
                 r_digit = gr.Dropdown(digits, value=ALL_DIGITS, label="Digit")
-                r_seeds = gr.Slider(1, MAX_RECOGNISABILITY_SEEDS, value=RECOGNISABILITY_DEFAULTS["seeds_per_digit"],
+                r_seeds = gr.Slider(1, MAX_RECOGNISABILITY_SEEDS, value=self.default_seeds,
                                     step=1, label="Runs per digit", elem_id="recognisability-seeds")
                 r_sampler = gr.Dropdown(list(SAMPLERS), value=RECOGNISABILITY_DEFAULTS["sampler"], label="Sampler")
                 r_steps = gr.Number(RECOGNISABILITY_DEFAULTS["steps"], precision=0, label="Steps",
