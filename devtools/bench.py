@@ -79,17 +79,10 @@ def matmul_gflops(dtype=None, size: int = 2048, rounds: int = 3, min_seconds: fl
 
 
 def network_gflop(model) -> float:
-    """GFLOP of one network evaluation of one sample (convolutions, linear layers, attention), counted by
-    torch's FlopCounterMode on a batch of one at t = T/2."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    """GFLOP of one network evaluation of one sample (`diffusion.cpu_speed.evaluation_gflop`)."""
+    from diffusion.cpu_speed import evaluation_gflop
 
-    p = next(model.parameters())
-    x = torch.zeros(1, model.config.image_channels, 28, 28, dtype=p.dtype, device=p.device)
-    t, label = torch.full((1,), 250, device=p.device), torch.zeros(1, dtype=torch.long, device=p.device)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x, t, label)
-    return counter.get_total_flops() / 1e9
+    return evaluation_gflop(model)
 
 
 def machine() -> dict:
