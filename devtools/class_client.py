@@ -46,8 +46,10 @@ class Student:
     'ok': bool, 'error': str, 'updates': streamed outputs, 'update_times': s to each, 'files': files fetched,
     'failed_fetches': [errors]}."""
 
-    def __init__(self, url: str, address: str, fetch_files: bool = True):
-        self.url, self.fetch_files = url, fetch_files
+    def __init__(self, url: str, address: str, fetch_files: bool = True, session: str | None = None):
+        """session: a session hash for every call, so that calls share the session's state as one page's do
+        (None: each call is a session of its own, as an API client's are)."""
+        self.url, self.fetch_files, self.session = url, fetch_files, session
         # idle connections are dropped after 1 s: uvicorn closes them after 5 s, httpx's default is also 5 s,
         # and a request sent on a connection just as the server closes it fails ("Server disconnected")
         self.http = httpx.Client(timeout=600, headers={"x-forwarded-for": address},
@@ -56,7 +58,8 @@ class Student:
     def call(self, api_name: str, values: dict | None = None, **more) -> dict:
         start = time.perf_counter()
         values = {**(values or {}), **more}
-        posted = self.http.post(f"{self.url}gradio_api/call/{api_name}", json={"data": self.data(api_name, values)})
+        body = {"data": self.data(api_name, values), **({"session_hash": self.session} if self.session else {})}
+        posted = self.http.post(f"{self.url}gradio_api/call/{api_name}", json=body)
         posted.raise_for_status()
         result = {"first": None, "ok": False, "error": "", "updates": 0, "update_times": [], "files": 0,
                   "failed_fetches": []}
