@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 
-from devtools.bench import PARTIAL as PARTIAL_LOGS, Report, cpu_flags, matmul_gflops, network_gflop, percentile, seconds
+from devtools.bench import (PARTIAL as PARTIAL_LOGS, Report, cpu_flags, cpu_line, matmul_gflops, network_gflop,
+                            percentile, seconds)
 from devtools.class_client import Student, exceptions_in_log
 from devtools.servers import free_port, start_app, stop
 from diffusion.model import bf16_is_fast
@@ -194,7 +195,7 @@ def main() -> int:
     bf16 = False if "--no-bf16" in args.app_args else True if "--bf16" in args.app_args else None
     bf16_used = bf16 if bf16 is not None else bf16_is_fast()
     report.figure("cpu", {"flags": cpu_flags(), "bf16_used": bf16_used, "app_args": args.app_args},
-                  f"CPU: {machine_line()}; the network in {'bfloat16' if bf16_used else 'float32'}")
+                  f"{cpu_line()}; the network in {'bfloat16' if bf16_used else 'float32'}")
     yardsticks = Yardsticks(bf16)
     report.figure("fp32_matmul_gflops", yardsticks.fp32_gflops,
                   f"float32 matrix multiply: {yardsticks.fp32_gflops:.0f} GFLOP/s; one network evaluation "
@@ -287,14 +288,6 @@ def main() -> int:
     report.bar("app_log_exceptions", len(exceptions), 0, "lines", "exceptions in the app's log"
                + (f" (first: {exceptions[0][:200]})" if exceptions else ""))
     return report.finish(partial=set(args.scenarios) != set(SCENARIOS))
-
-
-def machine_line() -> str:
-    """The CPU's model, cores and the flags the network's speed depends on, in one line."""
-    from devtools.bench import machine
-
-    info = machine()
-    return f"{info.get('cpu_model', '?')}, {info['cpus']} cores, flags {' '.join(info['cpu_flags']) or 'none'}"
 
 
 def wait_for_clip(student: "Student", timeout: float = 120.0) -> None:

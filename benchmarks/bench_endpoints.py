@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from devtools.bench import Report, cpu_flags, machine
+from devtools.bench import Report, cpu_flags, cpu_line, machine
 from devtools.class_client import Student, api_parameters
 from devtools.servers import free_port, start_app, stop
 
@@ -29,9 +29,8 @@ def main() -> int:
     p.add_argument("--app-args", nargs="*", default=[], help="extra arguments for app.py (e.g. --no-bf16)")
     args = p.parse_args()
     report = Report("endpoints")
-    info = machine()
-    report.figure("cpu", {"model": info.get("cpu_model"), "flags": cpu_flags(), "app_args": args.app_args},
-                  f"CPU: {info.get('cpu_model', '?')}, {info['cpus']} cores, flags {' '.join(cpu_flags()) or 'none'}")
+    report.figure("cpu", {"model": machine().get("cpu_model"), "flags": cpu_flags(), "app_args": args.app_args},
+                  cpu_line())
     starts = []
     for _ in range(STARTS):
         process, ready_s = start_app(free_port(), args=tuple(args.app_args))

@@ -46,17 +46,17 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # the ones the network's speed depends on
-
-
 def cpu_flags() -> list[str]:
-    """Which of CPU_FLAGS this CPU has (Linux /proc/cpuinfo; [] where it cannot be read)."""
-    try:
-        line = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    have = set(line.split(":", 1)[1].split())
-    return [flag for flag in CPU_FLAGS if flag in have]
+    """Which of the flags the network's speed depends on this CPU has (`diffusion.cpu_speed.CPU_FLAGS`)."""
+    from diffusion.cpu_speed import cpu_model_and_flags
+
+    return cpu_model_and_flags()[1]
+
+
+def cpu_line() -> str:
+    """'CPU: <model>, <n> cores, flags <…>': what each benchmark prints beside its figures."""
+    info = machine()
+    return f"CPU: {info.get('cpu_model', '?')}, {info['cpus']} cores, flags {' '.join(info['cpu_flags']) or 'none'}"
 
 
 def matmul_gflops(dtype=None, size: int = 2048, rounds: int = 3, min_seconds: float = 0.5) -> float:

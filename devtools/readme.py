@@ -12,7 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from .bench import CPU_FLAGS, RESULTS
+from diffusion.cpu_speed import CPU_FLAGS
+
+from .bench import RESULTS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- figures:start (python -m devtools.readme) -->", "<!-- figures:end -->"

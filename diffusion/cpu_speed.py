@@ -25,7 +25,7 @@ import torch
 LANE_ROWS = 20          # samples in the timed batch: about what each lane evaluates in a busy tick
 TIMED_SECONDS = 0.12    # per dtype, after one warm-up pass
 LANE_TICK_ROWS = 40     # a tick's samples per lane: 80 on 2 cores was the fastest tick on the AMX machine (server.py)
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what the network's speed depends on
 
 
 def usable_cores() -> int:
