@@ -116,3 +116,21 @@ def test_the_scoring_functions_run_through_it(models, thread, classroom):
         classroom.noisy_image_scores(images, [0] * 6 + [1], digits)
     assert isinstance(classroom.scorer, ClassifierThread)
     assert isinstance(classroom.batched_noise_classifier, OnClassifierThread)
+
+
+@pytest.mark.parametrize("rows, padded", [(1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (16, 16), (17, 32), (40, 48),
+                                          (300, 300)])
+def test_a_batch_is_padded_to_a_few_shapes_and_a_lone_frame_costs_one_row(thread, models, rows, padded):
+    """Up to 16 rows: the next power of two (one animation frame is one row, not a chunk of 16); then chunks of 16;
+    past 256 rows one shape of its own. Few shapes, so torch keeps few kernels and buffers."""
+    seen = []
+
+    class Recording:
+        def predict_proba(self, x, t=None, batch_size=1000):
+            seen.append((len(x), batch_size))
+            return models[0].predict_proba(x, batch_size=batch_size)
+
+    probs = thread.probabilities(Recording(), torch.zeros(rows, 1, 28, 28))
+    assert probs.shape == (rows, 10)
+    [(sent, chunk)] = seen
+    assert sent == padded and chunk == min(padded, 16) if rows <= 256 else (sent, chunk) == (300, 256)

@@ -102,12 +102,15 @@ class ClassifierThread:
         try:
             x = torch.cat([j.x for j in jobs])
             t = None if jobs[0].t is None else torch.cat([j.t for j in jobs])
-            # in chunks of one size, the last padded: torch keeps kernels and buffers for every batch shape it
-            # meets, and batches of any size held 35 MB more after a class's runs (benchmarks/bench_class)
-            rows, chunk = len(x), CLASSIFIER_CHUNK_ROWS
-            if rows > MAX_CHUNKED_CLASSIFIER_ROWS:  # a large measurement (the Lab's): one shape of its own
-                chunk = MAX_CHUNKED_CLASSIFIER_ROWS
-            elif padding := -rows % chunk:
+            # in chunks of a few sizes, the last padded: torch keeps kernels and buffers for every batch shape it
+            # meets, and batches of any size held 35 MB more after a class's runs (benchmarks/bench_class). A
+            # small batch is padded only to the next power of two: padded to a whole chunk, one animation frame's
+            # score cost 16 rows, and a class's frames cost the classifiers more than the network's own work
+            rows = len(x)
+            chunk = (MAX_CHUNKED_CLASSIFIER_ROWS if rows > MAX_CHUNKED_CLASSIFIER_ROWS  # the Lab's: a shape of its own
+                     else CLASSIFIER_CHUNK_ROWS if rows > CLASSIFIER_CHUNK_ROWS
+                     else 1 << (rows - 1).bit_length())  # 1, 2, 4, 8 or 16
+            if rows <= MAX_CHUNKED_CLASSIFIER_ROWS and (padding := -rows % chunk):
                 x = torch.cat([x, x.new_zeros(padding, *x.shape[1:])])
                 t = None if t is None else torch.cat([t, t.new_zeros(padding)])
             classifier = jobs[0].classifier
