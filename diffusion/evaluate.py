@@ -88,7 +88,8 @@ def score_samples(samples: torch.Tensor, labels: torch.Tensor, classifier: Digit
 def difficulty_by_digit(probs: np.ndarray, asked: np.ndarray) -> dict:
     """Which digits are hardest, and what they are mistaken for. probs: [N,10] a judge's probabilities for
     N samples; asked: [N] the digits asked for. Returns per-digit accuracy and mean p(asked digit) (lists of
-    10; NaN where a digit was not asked) and the confusion matrix: int [10,10], row = asked, column = judged."""
+    10; NaN where a digit was not asked), the confusion matrix: int [10,10], row = asked, column = judged, and
+    "mistaken_for": each digit's most common mistake (`most_common_mistakes`)."""
     probs, asked = np.asarray(probs), np.asarray(asked)
     judged = probs.argmax(1)
     confusion = np.zeros((10, 10), dtype=np.int64)
@@ -96,7 +97,14 @@ def difficulty_by_digit(probs: np.ndarray, asked: np.ndarray) -> dict:
     mine = [asked == d for d in range(10)]
     return {"accuracy": [float((judged[m] == d).mean()) if m.any() else float("nan") for d, m in enumerate(mine)],
             "confidence": [float(probs[m, d].mean()) if m.any() else float("nan") for d, m in enumerate(mine)],
-            "confusion": confusion}
+            "confusion": confusion, "mistaken_for": most_common_mistakes(confusion)}
+
+
+def most_common_mistakes(confusion: np.ndarray) -> list[tuple[int, int] | None]:
+    """For each asked digit (row of a [10,10] confusion matrix), the digit it was most often judged to be
+    instead, with how often: (digit, count), the smaller digit on a tie; None where it was never mistaken."""
+    mistakes = np.where(np.eye(len(confusion), dtype=bool), 0, confusion)
+    return [(int(row.argmax()), int(row.max())) if row.max() else None for row in mistakes]
 
 
 FLOOR_DRAWS = 5  # the real-vs-real FD varies by ±5% between draws of 2,000 images; average a few

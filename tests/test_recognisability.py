@@ -172,3 +172,19 @@ def test_run_experiment_measures_runs_side_by_side_and_frees_the_server(tiny_ran
         assert len(server.tick_sizes) < 40
     finally:
         server.close()
+
+
+def test_the_most_common_mistake_is_the_largest_off_diagonal_count():
+    """A digit with one kind of mistake names it (the table showed '–' there), and one with several names the
+    commonest (the table named the second commonest)."""
+    from diffusion.evaluate import most_common_mistakes
+    confusion = np.zeros((10, 10), dtype=np.int64)
+    np.fill_diagonal(confusion, 18)
+    confusion[7, 1] = 2                       # 7: only ever mistaken for a 1
+    confusion[4, 9], confusion[4, 1] = 5, 1   # 4: mostly for a 9, once for a 1
+    confusion[3, 5] = confusion[3, 8] = 2     # 3: a tie, the smaller digit
+    mistakes = most_common_mistakes(confusion)
+    assert mistakes[7] == (1, 2) and mistakes[4] == (9, 5) and mistakes[3] == (5, 2)
+    assert mistakes[0] is None and mistakes.count(None) == 7
+    probs = np.eye(10)[[1, 1, 7, 9]]
+    assert difficulty_by_digit(probs, np.array([7, 7, 7, 4]))["mistaken_for"][7] == (1, 2)

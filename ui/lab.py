@@ -293,8 +293,8 @@ class LabTab:
             judges.append(("CLIP", difficulty_by_digit(scores.clip.digit_probs, asked)))
         table = pd.DataFrame({"digit": range(10)})
         for name, stats in judges:
-            mistaken = [f"{int(np.argsort(row)[-2])} ({np.sort(row)[-2]})" if np.sort(row)[-2] else "–"
-                        for row in np.where(np.eye(10, dtype=bool), -1, stats["confusion"])]
+            mistaken = [f"{digit} ({count})" if count else "–" for digit, count in
+                        (m or (None, 0) for m in stats["mistaken_for"])]
             table[f"{name}: accuracy"] = [f"{a:.0%}" for a in stats["accuracy"]]
             table[f"{name}: mean p(asked)"] = [f"{c:.3f}" for c in stats["confidence"]]
             table[f"{name}: most often mistaken for"] = mistaken
