@@ -1,7 +1,9 @@
 """The Gradio app, through gradio_client against the launched server: every endpoint with its
 defaults, results checked against the engine, bad input on every endpoint, and CLIP both
 unavailable (the usual case offline) and available (a tiny random open_clip model from a file)."""
+import base64
 import inspect
+import io
 import re
 import threading
 import time
@@ -43,7 +45,10 @@ def clip_client(clip_classroom) -> Client:
 # --- helpers -------------------------------------------------------------------------------------------
 
 def read_image(path) -> np.ndarray:
-    """An image file from the app as uint8 [H,W] (grey)."""
+    """An image from the app as uint8 [H,W] (grey): a file, or a streamed frame sent inline ({"url": "data:…"})."""
+    if isinstance(path, dict):
+        assert path["path"] is None and path["url"].startswith("data:image/png;base64,")
+        path = io.BytesIO(base64.b64decode(path["url"].split(",", 1)[1]))
     return np.asarray(Image.open(path).convert("L"))
 
 
@@ -266,6 +271,8 @@ def test_show_frame_scrubs_this_sessions_last_run(url, classroom):
     frames.result()
     streamed = {int(re.search(r"step (\d+) of 4", out[2]).group(1)): out for out in frames.outputs()}
     assert {0, 4} <= set(streamed)
+    # frames sent while it runs travel inside their update; the last one is a file (controls.FrameImage)
+    assert all(isinstance(streamed[i][0], dict) for i in streamed if i < 4) and isinstance(streamed[4][0], str)
     engine = [s.x for s in classroom.pipe.denoising_steps([1], guidance=0.0, num_inference_steps=4, seed=0)]
     for i in range(5):  # every frame, streamed or not, matches the streamed one and the engine's own steps
         x_t, x0, counter = client.predict(frame=i, api_name="/show_frame")

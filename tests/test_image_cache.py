@@ -134,3 +134,21 @@ def test_exceptions_in_log_finds_tracebacks_and_error_lines():
            "  File x\nh11._util.LocalProtocolError: Too little data for declared Content-Length\nINFO: ok\n")
     assert len(exceptions_in_log(log)) == 3
     assert exceptions_in_log("INFO: 200 OK\nWARNING: slow\n") == []
+
+
+def test_a_streamed_frame_travels_inline_and_anything_else_as_a_file():
+    """controls.FrameImage: an InlineFrame becomes a PNG data URI in the update (no file, no fetch); an array is a
+    cached file as gr.Image makes it; the browser draws both with gr.Image's own front end."""
+    import base64
+    import io
+
+    from ui.controls import FrameImage, InlineFrame
+    frame = np.random.default_rng(1).integers(0, 255, (224, 224), dtype=np.uint8)
+    component = FrameImage(format="png")
+    inline = component.postprocess(InlineFrame(frame))
+    assert inline.path is None and inline.url.startswith("data:image/png;base64,")
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(inline.url.split(",", 1)[1]))))
+    np.testing.assert_array_equal(decoded, frame)
+    as_file = component.postprocess(frame)
+    assert as_file.url is None and np.array_equal(np.asarray(Image.open(as_file.path)), frame)
+    assert component.get_block_name() == "image"

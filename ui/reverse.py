@@ -23,7 +23,7 @@ from diffusion.recognisability import (RECOGNISABLE_PROBABILITY, Recognisability
                                        measure_recognisability, percent_of_process)
 
 from .classroom import Classroom, yield_to_the_network
-from .controls import RANDOM_SEED_JS, sampling_controls
+from .controls import RANDOM_SEED_JS, FrameImage, InlineFrame, sampling_controls
 from .rendering import BLUE, ORANGE, PLAYER_CSS, RED, enlarge, filmstrip, player_html, swatch, write_gif
 from .settings import (ALL_DIGITS, ANIMATION_CONCURRENCY, DEFAULT_REVERSE_DIGIT, FILMSTRIP_PERCENTS, FRAME_INTERVAL_S,
                        FRAME_SCALE, FRAMES_PER_SECOND, INSTANT, MAX_STREAMED_FRAMES, PLAYER_MAX_FPS, PLAYER_MIN_FPS,
@@ -213,8 +213,9 @@ class ReverseTab:
             # shown: one request to each classifier, which batches it with the other runs' (ClassifierThread)
             self.score_frames(run, [s.index for s in steps if s.index % plot_stride == 0] + shown)
             self.refine_first_recognisable(run, plot_stride)
-            for i in shown:
-                yield *self.frame_outputs(run, i), *[gr.skip()] * 4, live, playback, gr.skip()
+            for i in shown:  # inline: no file for the browser to fetch (controls.FrameImage)
+                x_t, x0, counter = self.frame_outputs(run, i)
+                yield InlineFrame(x_t), InlineFrame(x0), counter, *[gr.skip()] * 4, live, playback, gr.skip()
                 live = playback = gr.skip()
         self.score_frames(run, [len(run) - 1])
         self.refine_first_recognisable(run, plot_stride)
@@ -318,10 +319,10 @@ class ReverseTab:
             with gr.Column(scale=2):
                 counter = gr.Markdown(COUNTER_PROMPT, elem_id="step-counter")
                 with gr.Row() as live:
-                    x_t = gr.Image(label="x_t (noisy image)", format="png", height=240, interactive=False,
-                                   elem_classes="pixels", elem_id="x-t")
-                    x0 = gr.Image(label="x̂₀ (model's guess of the clean digit)", format="png", height=240,
-                                  interactive=False, elem_classes="pixels", elem_id="x0-hat")
+                    x_t = FrameImage(label="x_t (noisy image)", format="png", height=240, interactive=False,
+                                     elem_classes="pixels", elem_id="x-t")
+                    x0 = FrameImage(label="x̂₀ (model's guess of the clean digit)", format="png", height=240,
+                                    interactive=False, elem_classes="pixels", elem_id="x0-hat")
                 with gr.Column(visible="hidden") as playback:
                     player = gr.HTML("", js_on_load=PLAYER_JS, css_template=PLAYER_CSS, elem_id="player")
                 scrubber = gr.Slider(0, 1, value=0, step=1, label="Frame (scrub after a run)", interactive=False,
