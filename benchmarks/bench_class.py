@@ -1,7 +1,7 @@
 """A whole class on one 2-core Space: the network server's bars, measured against `python app.py`.
 
     nice -n 10 python -m benchmarks.bench_class                 # starts the app itself; about 4 minutes
-    nice -n 10 python -m benchmarks.bench_class --app-args --no-bf16     # as on a CPU without bf16
+    nice -n 10 python -m benchmarks.bench_class --app-args=--no-bf16     # as on a CPU without bf16
 
 Each student is a light HTTP client of its own (devtools/class_client.py): it calls the app's public API
 (POST /gradio_api/call/<name>, then reads the event stream) and fetches every file each update names, as a
@@ -18,7 +18,8 @@ browser does. All are released at the same moment, each with its own digit and s
 Beside each scenario it prints the same sampling work in this process (the network server alone, the app's
 dtype: the in-process time) and the served p95's ratio to it, and the FLOP floor: the scenario's network
 FLOPs at this CPU's float32 matrix-multiply rate, measured in the same run. The CPU's model and flags go
-beside the figures. Writes benchmarks/results/class.json and exits 1 if a bar is missed.
+beside the figures. Writes benchmarks/results/class.json (class_no_bf16.json with --no-bf16) and exits 1 if a
+bar is missed.
 """
 from __future__ import annotations
 
@@ -189,10 +190,10 @@ def main() -> int:
     p.add_argument("--users", type=int, default=30)
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS,
                    help="which to run (default: all; the memory bar is checked only after all of them)")
-    p.add_argument("--app-args", nargs="*", default=[], help="extra arguments for app.py (e.g. --no-bf16)")
+    p.add_argument("--app-args", nargs="*", default=[], help="extra arguments for app.py, after = (e.g. --app-args=--no-bf16)")
     args = p.parse_args()
-    report = Report("class")
     bf16 = False if "--no-bf16" in args.app_args else True if "--bf16" in args.app_args else None
+    report = Report("class_no_bf16" if bf16 is False else "class")  # the two runs' results side by side
     bf16_used = bf16 if bf16 is not None else bf16_is_fast()
     report.figure("cpu", {"flags": cpu_flags(), "bf16_used": bf16_used, "app_args": args.app_args},
                   f"{cpu_line()}; the network in {'bfloat16' if bf16_used else 'float32'}")

@@ -1,7 +1,7 @@
 """Every named endpoint with its defaults, one at a time, as a new user's first call would find it:
 
     nice -n 10 python -m benchmarks.bench_endpoints                  # starts the app itself; about 2 minutes
-    nice -n 10 python -m benchmarks.bench_endpoints --app-args --no-bf16
+    nice -n 10 python -m benchmarks.bench_endpoints --app-args=--no-bf16
 
 Each endpoint is called once through the app's public HTTP API with nothing but its defaults (every parameter
 has one, pictures included), by a light client that fetches every file the answer names, all in one session as
@@ -26,7 +26,7 @@ AFTER = {"show_frame"}  # endpoints of a page's session state, called last (afte
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--app-args", nargs="*", default=[], help="extra arguments for app.py (e.g. --no-bf16)")
+    p.add_argument("--app-args", nargs="*", default=[], help="extra arguments for app.py, after = (e.g. --app-args=--no-bf16)")
     args = p.parse_args()
     report = Report("endpoints")
     report.figure("cpu", {"model": machine().get("cpu_model"), "flags": cpu_flags(), "app_args": args.app_args},

@@ -18,7 +18,9 @@ from .bench import RESULTS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- figures:start (python -m devtools.readme) -->", "<!-- figures:end -->"
-OPTIONS = {"lab": " --data-dir ../shared/data"}  # benchmarks that need more than their name
+# results whose command is more than `python -m benchmarks.bench_<name>`
+COMMANDS = {"lab": "python -m benchmarks.bench_lab --data-dir ../shared/data",
+            "class_no_bf16": "python -m benchmarks.bench_class --app-args=--no-bf16"}
 
 
 def figures_block(results: Path = RESULTS) -> str:
@@ -31,7 +33,8 @@ def figures_block(results: Path = RESULTS) -> str:
         for bar in report["bars"]:
             measured = "—" if bar["measured"] is None else f"{bar['measured']:.3g} {bar['unit']}"
             limit = f"{'≥' if bar['at_least'] else '≤'} {bar['limit']:g} {bar['unit']}"
-            lines.append(f"| `python -m benchmarks.bench_{name}{OPTIONS.get(name, '')}` | {bar['what']} | {measured} | {limit} | "
+            command = COMMANDS.get(name, f"python -m benchmarks.bench_{name}")
+            lines.append(f"| `{command}` | {bar['what']} | {measured} | {limit} | "
                          f"{'yes' if bar['met'] else '**no**'} |")
         m = report["machine"]
         flags = f", flags {' '.join(m['cpu_flags']) or 'none of ' + '/'.join(CPU_FLAGS)}" if "cpu_flags" in m else ""
