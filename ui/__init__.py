@@ -51,7 +51,7 @@ THEME = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospac
 
 
 def build_app(classroom: Classroom) -> gr.Blocks:
-    """The four tabs wired to `classroom`."""
+    """The page: its eight tabs wired to `classroom`, and the header's presenter switch."""
     generate, reverse, forward = GenerateTab(classroom), ReverseTab(classroom), ForwardTab(classroom)
     with gr.Blocks(title="MNIST Diffusion Classroom", delete_cache=(1800, 3600)) as demo:
         with gr.Row(elem_id="page-header"):

@@ -117,7 +117,7 @@ ARCHITECTURE_TILE_SCALE = 3       # 28 px -> 84 px per digit in the comparison p
 ARCHITECTURE_FONT_PX = 22         # their text (≥ 12 pt when the ~1200 px-wide pictures fill a projector)
 DIAGRAM_FONT_PT = 14              # the U-Net diagram's text (drawn at 100 dpi; ≥ 12 pt shown 1216 px of 1400 wide)
 
-# --- Readable from the back of the room, usable on a phone (issue 16; ui/controls.py's presenter_toggle) ------------
+# --- Readable from the back of the room, usable on a phone (ui/controls.py's presenter_toggle) ---------------------
 PRESENTER_TEXT_PX = 20       # presenter mode: body text at least this
 PRESENTER_IMAGE_PX = 320     # … the digit images (x₀, x_t, x̂₀) at least this wide
 PRESENTER_PLOT_TEXT_PX = 19  # … the native plots' text (≈ 14 pt); the matplotlib figures use rendering.PLOT_FONT_PT
