@@ -112,3 +112,11 @@ def test_a_fresh_page_can_sample_at_once(url, classroom):
     assert "s = 0.6" in verdict
     for job in views:
         job.result()
+
+
+@pytest.mark.parametrize("strength, said", [(0.6, "noised to t = 300 of 500"), (0.0005, "noised to t = 1 of 500"),
+                                            (1.0, "started from pure noise")])
+def test_the_verdict_names_the_step_the_edit_really_starts_from(client, strength, said):
+    """The engine's start step (requests.edit_start_t: at least 1, none at s = 1), not a second computation."""
+    *_, verdict = client.predict(strength=strength, api_name="/edit")
+    assert said in verdict

@@ -13,7 +13,7 @@ import numpy as np
 from diffusion.data import grid_image
 from diffusion.editing import (DEFAULT_EDIT_CLASSIFIER_SCALE, DEFAULT_EDIT_GUIDANCE, DEFAULT_STRENGTH, INPAINT_RESAMPLE, INPAINT_SAMPLER,
                                INPAINT_STEPS, STRENGTH_STRIP)
-from diffusion.requests import DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_CLASSIFIER_SCALE, check_edit_request
+from diffusion.requests import DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_CLASSIFIER_SCALE, check_edit_request, edit_start_t
 
 from .classroom import Classroom, yield_to_the_network
 from .rendering import enlarge, labelled_strip
@@ -87,8 +87,9 @@ class EditTab:
         seen = scores.predicted_digit[1:]
         strip_image = labelled_strip(images[1:], [f"s = {s:g}" for s in STRENGTH_STRIP], [f"sees {d}" for d in seen],
                                      STRIP_SCALE, STRIP_FONT_PX, highlight=[d != asked for d in seen])
-        t = round(chosen.strength * self.classroom.pipe.num_train_steps)
-        verdict = (f"**s = {chosen.strength:g}** (noised to t = {t} of {self.classroom.pipe.num_train_steps}, then "
+        T, start = self.classroom.pipe.num_train_steps, edit_start_t(chosen.strength, self.classroom.pipe.num_train_steps)
+        noised = f"noised to t = {start} of {T}" if start is not None else "started from pure noise, as generating"
+        verdict = (f"**s = {chosen.strength:g}** ({noised}, then "
                    f"{chosen.num_inference_steps} steps as a {asked} with w = {chosen.guidance:g} and classifier guidance "
                    f"{chosen.classifier_scale:g}): the classifier sees "
                    f"a **{scores.predicted_digit[0]}** (p({asked}) = {scores.confidence_requested[0]:.0%}). Mean change "
