@@ -36,7 +36,7 @@ from .classifier import DEFAULT_CLASSIFIER, load_classifier
 from .data import load_mnist, to_model_range
 from .model import count_parameters
 from .pipeline import DigitDiffusion, load_pipeline
-from .train import read_loss_logs
+from .loss_logs import read_loss_logs
 from .training_history import evaluate_network  # samples at the app's defaults, then evaluate.score_samples
 
 ABLATION_DIR = CHECKPOINT_DIR / "ablations"

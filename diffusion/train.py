@@ -25,7 +25,6 @@ Multi-GPU (or multi-process CPU):  torchrun --nproc_per_node N -m diffusion.trai
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import time
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoints import checkpoint_paths, load_module, read_config, read_tensors, save_checkpoint
+from .loss_logs import append_csv, plot_losses
 from .data import load_mnist, save_grid, synthetic_digits, to_model_range
 from .model import UNetConfig, add_guidance_head, bf16_is_fast, build_unet, count_parameters
 from .sampling import conditional_and_unconditional_eps, has_guidance_head, sample
@@ -395,8 +395,8 @@ def log_epoch(run: Run, losses: list[float], fixed: dict[str, float]) -> None:
     loss_log, fixed_log = run.log_dir / "loss.csv", run.log_dir / "fixed_loss.csv"
     rows = [[epoch, step - len(losses) + i + len(losses[i:i + 10]), f"{sum(losses[i:i + 10]) / len(losses[i:i + 10]):.5f}"]
             for i in range(0, len(losses), 10)]  # one row per 10 steps keeps the file small
-    _append_csv(loss_log, ["epoch", "step", "loss"], rows)
-    _append_csv(fixed_log, ["epoch", "step", "train_loss", "heldout_loss"],
+    append_csv(loss_log, ["epoch", "step", "loss"], rows)
+    append_csv(fixed_log, ["epoch", "step", "train_loss", "heldout_loss"],
                 [[epoch, step, f"{fixed['train']:.5f}", f"{fixed['heldout']:.5f}"]])
     plot_losses(loss_log, fixed_log, run.log_dir / "loss.png")
     sampling = run.config.get("sampling", {"sampler": "dpm++2m", "steps": 10})  # a student's own, or the usual
@@ -404,46 +404,6 @@ def log_epoch(run: Run, losses: list[float], fixed: dict[str, float]) -> None:
                sampler=sampling["sampler"], num_inference_steps=sampling["steps"],
                generator=torch.Generator().manual_seed(0))
     save_grid(x, run.log_dir / f"samples_epoch_{epoch:03d}.png", nrow=10)
-
-
-def _append_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(header)
-        writer.writerows(rows)
-
-
-def read_loss_logs(log_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(loss.csv rows, fixed_loss.csv rows) of a run's log folder as dicts of floats; missing files give []."""
-    def read(path: Path) -> list[dict]:
-        if not path.is_file():
-            return []
-        with path.open() as f:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-    return read(Path(log_dir) / "loss.csv"), read(Path(log_dir) / "fixed_loss.csv")
-
-
-def plot_losses(loss_csv: Path, fixed_csv: Path, png_path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    steps_rows, fixed_rows = read_loss_logs(loss_csv.parent)
-    steps = [r["step"] for r in steps_rows]
-    loss = [r["loss"] for r in steps_rows]
-    k = max(1, len(loss) // 50)
-    smooth = [sum(loss[max(0, i - k):i + 1]) / len(loss[max(0, i - k):i + 1]) for i in range(len(loss))]
-    fig = Figure(figsize=(6, 3.5), layout="constrained")
-    ax = fig.subplots()
-    ax.plot(steps, loss, alpha=0.3, label="training loss (10-step mean)")
-    ax.plot(steps, smooth, label="smoothed")
-    if fixed_rows:
-        ax.plot([r["step"] for r in fixed_rows], [r["train_loss"] for r in fixed_rows], "o-", label="EMA, training images")
-        ax.plot([r["step"] for r in fixed_rows], [r["heldout_loss"] for r in fixed_rows], "s--", label="EMA, held-out images")
-    ax.set(xlabel="optimiser step", ylabel="MSE(ε, ε̂)", yscale="log", title="Diffusion training loss")
-    ax.legend()
-    fig.savefig(png_path, dpi=100)
 
 
 if __name__ == "__main__":

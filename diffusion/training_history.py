@@ -30,7 +30,7 @@ from .pipeline import DEFAULT_UNET, DigitDiffusion, load_pipeline
 from .requests import DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_INTERVAL, DEFAULT_SAMPLER, DEFAULT_STEPS
 from .sampling import guided_eps
 from .schedules import NoiseSchedule
-from .train import read_loss_logs
+from .loss_logs import read_loss_logs
 
 LOG_DIR = CHECKPOINT_DIR / "ablations" / "reference_logs"
 SNAPSHOT_DIR = LOG_DIR / "snapshots"

@@ -24,7 +24,7 @@ from diffusion.requests import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
                                check_sampling_request, short_repr)
 from diffusion.sampling import SAMPLERS
 from diffusion.training_history import loss_history
-from diffusion.train import read_loss_logs
+from diffusion.loss_logs import read_loss_logs
 
 from .classroom import Classroom, ResultCache
 from .rendering import enlarge, font, new_figure, swatch
