@@ -23,7 +23,7 @@ import torch
 from diffusion.checkpoints import CHECKPOINT_DIR
 from diffusion.data import to_uint8
 from diffusion.evaluate import difficulty_by_digit
-from diffusion.model import NUM_CLASSES
+from diffusion.model import NUM_CLASSES, count_parameters
 from diffusion.recognisability import RECOGNISABLE_PROBABILITY, run_experiment
 from diffusion.requests import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffusion.sampling import SAMPLERS, guidance_components
@@ -319,7 +319,7 @@ class LabTab:
         aware = self.classroom.noise_classifier.predict_proba(noise, self.classroom.pipe.num_train_steps)
         favourite = int(np.bincount(clean.argmax(1).numpy(), minlength=10).argmax())
         pipe = self.classroom.pipe
-        params = sum(p.numel() for p in pipe.model.parameters())
+        params = count_parameters(pipe.model)
         return (f"- **28 × 28 pixels, grey only.** {PIXELS} numbers per image: no colour, no fine detail; the network "
                 f"({params:,} parameters) never sees anything larger.\n"
                 f"- **One dataset.** It learnt from MNIST's 60,000 training digits alone; it can draw nothing else, and "
