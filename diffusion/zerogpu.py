@@ -153,7 +153,8 @@ class GpuSampling:
                                            lambda: iter(self.cpu_server.run(list(requests)))))
 
     def with_fallback(self, on_gpu: Callable[[], Iterator], on_cpu: Callable[[], Iterator]) -> Iterator:
-        """What on_gpu() yields; if ZeroGPU refuses the call before it yields anything, what on_cpu() yields."""
+        """What on_gpu() yields; if ZeroGPU refuses the call before it yields anything, what on_cpu() yields (the
+        CPU server counts that request as its own: it is no longer counted here)."""
         produced = False
         try:
             for item in on_gpu():
@@ -164,7 +165,13 @@ class GpuSampling:
             if why is None or produced:
                 raise
             self.on_cpu_fallback(CPU_FALLBACK_NOTE.format(why=why))
-            yield from on_cpu()
+            with self._lock:
+                self._running -= 1
+            try:
+                yield from on_cpu()
+            finally:
+                with self._lock:
+                    self._running += 1  # counting() takes it off again when the request is over
 
     @contextlib.contextmanager
     def counting(self, stream: bool):

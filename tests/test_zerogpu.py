@@ -2,6 +2,8 @@
 
 Off a ZeroGPU Space the real `spaces` decorator does nothing, so the "GPU" calls here run on the CPU; a
 stand-in raises ZeroGPU's refusals (gradio errors titled as `spaces` titles them) to prove the fallback."""
+import time
+
 import gradio as gr
 import numpy as np
 import pytest
@@ -155,3 +157,24 @@ def test_the_app_refuses_a_missing_device_with_one_line(tmp_path):
         pytest.skip("this machine has an Apple GPU")
     assert out.stderr.strip().splitlines()[-1].startswith("app.py: --device mps: PyTorch sees no Apple GPU")
     assert "Traceback" not in out.stderr
+
+
+def test_a_request_is_counted_once_where_it_runs(sampling, tiny_random_pipe, monkeypatch):
+    """While a request runs on the GPU it counts as one in progress; fallen back, the CPU server counts it."""
+    gpu, _ = sampling
+    request = tiny_random_pipe.check_request([2], num_inference_steps=4, seed=1)
+    steps = gpu.submit(request, stream=True).steps()
+    next(steps)
+    assert gpu.requests_in_progress() == 1 and gpu.streams() == 1
+    steps.close()
+    monkeypatch.setattr(zerogpu, "run_on_gpu", _refusing("ZeroGPU quota exceeded"))
+    steps = gpu.submit(request, stream=True).steps()
+    next(steps)
+    assert gpu.requests_in_progress() == 1 and gpu.streams() == 1
+    steps.close()
+    assert gpu.streams() == 0
+    for _ in range(200):  # the CPU server drops a run nobody follows at its next tick
+        if gpu.requests_in_progress() == 0:
+            break
+        time.sleep(0.01)
+    assert gpu.requests_in_progress() == 0
