@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffusion.cpu_speed import cpu_model_and_flags
+
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 PARTIAL = Path(__file__).resolve().parent.parent / "test-artifacts"  # runs of only some parts land here
 
@@ -48,8 +50,6 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 def cpu_flags() -> list[str]:
     """Which of the flags the network's speed depends on this CPU has (`diffusion.cpu_speed.CPU_FLAGS`)."""
-    from diffusion.cpu_speed import cpu_model_and_flags
-
     return cpu_model_and_flags()[1]
 
 
@@ -87,11 +87,11 @@ def network_gflop(model) -> float:
 
 def machine() -> dict:
     """What the figures depend on: CPUs, their model and flags, memory, load, Python and torch."""
+    model, flags = cpu_model_and_flags()
     info = {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(), "platform": platform.platform(), "cpu_flags": cpu_flags()}
+            "python": platform.python_version(), "platform": platform.platform(), "cpu_model": model,
+            "cpu_flags": flags}
     try:
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                                 if line.startswith("model name"))
         info["memory_gib"] = round(int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                                             if line.startswith("MemTotal"))) / 2**20, 1)
     except (OSError, StopIteration):
